@@ -1,0 +1,3 @@
+from sbi_service.cli import main
+
+main()

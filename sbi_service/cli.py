@@ -1,0 +1,270 @@
+"""The ``sbi-service`` command line: thin commands over ``sbi_service.workflows``.
+
+Exit codes: 0 success; 1 a diagnostic check failed (``diagnose``); 2 bad input or
+usage (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sbi_service.config import get_settings
+from sbi_service.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Amortized posterior service for simulation-based inference.",
+)
+simulators_app = typer.Typer(no_args_is_help=True, help="List and register simulators.")
+models_app = typer.Typer(no_args_is_help=True, help="List stored models.")
+app.add_typer(simulators_app, name="simulators")
+app.add_typer(models_app, name="models")
+err = Console(stderr=True)
+out = Console()
+
+
+def _store():
+    from sbi_service.store import Store
+
+    return Store(get_settings().home)
+
+
+def _setup_torch() -> None:
+    import torch
+
+    threads = get_settings().torch_threads
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+
+
+# -- simulators ---------------------------------------------------------------------
+@simulators_app.command("list")
+def simulators_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the simulators: built-in tasks, plugins and registered ones."""
+    from sbi_service.simulators.registry import list_tasks
+
+    tasks = list_tasks(_store().list_simulators())
+    if as_json:
+        _print_json(tasks)
+        return
+    for t in tasks:
+        if "error" in t:
+            out.print(f"{t['name']:<26} [red]cannot load: {t['error']}[/red]")
+        else:
+            shape = "x".join(map(str, t["x_shape"]))
+            out.print(f"{t['name']:<26} theta {t['dim_theta']:>3}  x {shape:>5}  {t['description']}")
+
+
+@simulators_app.command("register")
+def simulators_register(
+    name: str,
+    import_path: Annotated[str, typer.Option(help="package.module:attribute")],
+    prior: Annotated[Path | None, typer.Option(help="PRIOR.json, for a bare callable")] = None,
+    x_shape: Annotated[str | None, typer.Option(help="shape of one x, e.g. '10' or '3,32'")] = None,
+) -> None:
+    """Register a simulator by import path (a Task, a factory, or a callable with --prior)."""
+    from sbi_service.workflows.simulators import register_simulator
+
+    spec: dict[str, Any] = {"import_path": import_path}
+    if prior is not None:
+        from sbi_service.simulators.priors import load_prior
+
+        spec["prior"] = load_prior(prior).spec
+    if x_shape is not None:
+        spec["x_shape"] = [int(s) for s in x_shape.split(",")]
+    _print_json(register_simulator(_store(), name, spec))
+
+
+# -- simulate -------------------------------------------------------------------------
+@app.command()
+def simulate(
+    simulator: str,
+    num_simulations: Annotated[int, typer.Option("--num-simulations")],
+    seed: Annotated[int, typer.Option()],
+    out_file: Annotated[Path, typer.Option("--out", help="FILE.npz")],
+    workers: Annotated[int, typer.Option(help="processes for built-in simulators")] = 1,
+) -> None:
+    """Simulate (theta, x) pairs from the prior and write them to an .npz file."""
+    from sbi_service.simulators.registry import get_task
+    from sbi_service.simulators.simulate import save_simulations
+    from sbi_service.simulators.simulate import simulate as run
+
+    _setup_torch()
+    task = get_task(simulator, _store().list_simulators())
+    theta, x = run(task, num_simulations, seed, workers=workers)
+    save_simulations(out_file, theta, x)
+    err.print(f"wrote {num_simulations} simulations of {simulator} to {out_file}")
+
+
+# -- train ----------------------------------------------------------------------------
+@app.command()
+def train(
+    name: Annotated[str, typer.Option("--name", help="model name")],
+    estimator: Annotated[str, typer.Option(help="nsf, maf, npse, fmpe, ...")] = "nsf",
+    seed: Annotated[int, typer.Option()] = 0,
+    simulator: Annotated[str | None, typer.Option()] = None,
+    num_simulations: Annotated[int | None, typer.Option("--num-simulations")] = None,
+    data: Annotated[Path | None, typer.Option(help="FILE.npz with theta and x")] = None,
+    prior: Annotated[Path | None, typer.Option(help="PRIOR.json, with --data")] = None,
+    embedding: Annotated[str | None, typer.Option(help='JSON, e.g. {"kind": "mlp"}')] = None,
+    options: Annotated[str | None, typer.Option(help="JSON estimator settings")] = None,
+    max_epochs: Annotated[int, typer.Option()] = 1000,
+    batch_size: Annotated[int, typer.Option(help="0 picks one from the data size")] = 0,
+    learning_rate: Annotated[float, typer.Option()] = 1e-3,
+    patience: Annotated[int, typer.Option(help="epochs without improvement before stopping")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Train a posterior estimator on simulations and store it as a new model version."""
+    from sbi_service.estimators.train import TrainConfig
+    from sbi_service.simulators.priors import load_prior
+    from sbi_service.workflows.train import TrainRequest, train_model
+
+    _setup_torch()
+    req = TrainRequest(
+        name=name,
+        estimator=estimator,
+        seed=seed,
+        simulator=simulator,
+        num_simulations=num_simulations,
+        data=data,
+        prior=load_prior(prior).spec if prior is not None else None,
+        embedding=_json_option(embedding, "--embedding"),
+        estimator_options=_json_option(options, "--options") or {},
+        train=TrainConfig(
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            max_epochs=max_epochs,
+            patience=patience,
+        ),
+    )
+    with Progress(
+        TextColumn("training"),
+        BarColumn(),
+        TextColumn("epoch {task.completed:.0f}  {task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not err.is_terminal,
+    ) as bar:
+        task_id = bar.add_task("train", total=max_epochs, info="")
+
+        def progress(epoch: int, train_loss: float, val_loss: float) -> None:
+            bar.update(task_id, completed=epoch, info=f"train {train_loss:.3f}  val {val_loss:.3f}")
+
+        summary = train_model(_store(), req, progress)
+    if as_json:
+        _print_json(summary)
+    else:
+        out.print(
+            f"trained {summary['model']} v{summary['version']} ({estimator}) in "
+            f"{summary['train_seconds']:.1f}s, {summary['epochs']} epochs, "
+            f"best validation loss {summary['best_validation_loss']:.4f}"
+        )
+
+
+def _json_option(value: str | None, flag: str) -> dict | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{flag} is not valid JSON: {e.msg}") from None
+    if not isinstance(parsed, dict):
+        raise UserError(f"{flag} must be a JSON object")
+    return parsed
+
+
+# -- sample ---------------------------------------------------------------------------
+@app.command()
+def sample(
+    model: str,
+    observations: Annotated[Path, typer.Option(help="OBS.npy, (num_obs, dim_x)")],
+    num_samples: Annotated[int, typer.Option("--num-samples")],
+    seed: Annotated[int, typer.Option()],
+    out_file: Annotated[Path, typer.Option("--out", help="OUT.npy, (num_obs, N, dim_theta)")],
+    version: Annotated[int | None, typer.Option(help="model version (default: latest)")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write a pair plot PNG of the samples")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print a summary as JSON")] = False,
+) -> None:
+    """Draw posterior samples for each observation and write them to an .npy file."""
+    from sbi_service.workflows.models import (
+        load_observations,
+        load_posterior,
+        sample_posterior,
+        summarize,
+    )
+
+    _setup_torch()
+    posterior, record = load_posterior(_store(), model, version)
+    samples = sample_posterior(posterior, load_observations(observations), num_samples, seed)
+    _save_npy(out_file, samples)
+    summary = summarize(samples)
+    if plot is not None:
+        from sbi_service.diagnostics.plots import pair_plot
+
+        pair_plot(samples[: min(4, len(samples))], plot, title=f"{model} v{record['version']}")
+    if as_json:
+        _print_json({"model": model, "version": record["version"], "out": str(out_file), **summary})
+        return
+    out.print(f"{model} v{record['version']}: {samples.shape[1]} samples for {len(samples)} observations -> {out_file}")
+    for i, (m, s) in enumerate(zip(summary["mean"], summary["std"], strict=True)):
+        cells = "  ".join(f"{a:+.3f}±{b:.3f}" for a, b in zip(m, s, strict=True))
+        out.print(f"  obs {i}: {cells}")
+    if plot is not None:
+        out.print(f"pair plot: {plot}")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+# -- models ---------------------------------------------------------------------------
+@models_app.command("list")
+def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List stored models with their latest version."""
+    models = _store().list_models()
+    if as_json:
+        _print_json(models)
+        return
+    for m in models:
+        c = m["config"]
+        out.print(
+            f"{m['model']:<24} v{m['version']:<3} {c['estimator']['kind']:<5} "
+            f"simulator={c.get('simulator')}  versions={m['versions']}"
+        )
+
+
+def main() -> None:
+    """Console-script entry: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except UserError as e:
+        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

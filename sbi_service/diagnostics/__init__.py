@@ -1,0 +1,1 @@
+"""Diagnostics: computations return small JSON-able results; plotting lives in ``plots``."""

@@ -1,0 +1,18 @@
+"""Errors that carry a message for the user.
+
+A ``UserError`` is raised for anything the caller got wrong (bad input, an unknown
+name, a malformed file). The CLI prints its message on one line and exits with
+code 2; the API turns it into a 4xx response. Anything else is a bug.
+"""
+
+
+class UserError(Exception):
+    """Bad input: the message says what was wrong and what to do."""
+
+    status_code: int = 422
+
+
+class NotFoundError(UserError):
+    """An unknown model, version, simulator or job."""
+
+    status_code = 404

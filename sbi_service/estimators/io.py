@@ -1,0 +1,47 @@
+"""Save and load an estimator as ``config.json`` + ``weights.safetensors``.
+
+Nothing is pickled: the config rebuilds the architecture (``build_estimator``) and
+the weights are plain tensors. Loading maps every tensor to the requested device
+(CPU by default), whatever device trained the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sbi_service.errors import UserError
+from sbi_service.estimators.base import Estimator
+from sbi_service.estimators.registry import build_estimator
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def save_estimator(folder: Path, estimator: Estimator, metadata: dict[str, Any]) -> None:
+    """Write ``folder/config.json`` ({"estimator": config, **metadata}) and the weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in estimator.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    config = {"estimator": estimator.config, **metadata}
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / CONFIG_FILE).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{folder} has no {CONFIG_FILE}: it is not a model folder") from None
+
+
+def load_estimator(folder: Path, device: str | torch.device = "cpu") -> tuple[Estimator, dict]:
+    """Rebuild the estimator from ``folder`` on ``device``; returns (estimator, config)."""
+    config = read_config(folder)
+    estimator = build_estimator(config["estimator"])
+    state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+    estimator.load_state_dict(state)
+    return estimator.to(device).eval(), config

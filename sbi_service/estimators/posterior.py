@@ -1,0 +1,105 @@
+"""A trained estimator together with its prior: what users sample from.
+
+For a bounded prior, q(theta|x) can put mass outside the prior's support, where the
+true posterior has none. ``Posterior.sample`` rejects such draws and redraws them,
+which samples q truncated to the support. When almost nothing is accepted
+(fewer than ``min_acceptance`` of the draws after a full first round) the model is
+not trustworthy for that observation and a ``UserError`` says so.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from sbi_service.errors import UserError
+from sbi_service.estimators.base import Estimator, draw_noise
+from sbi_service.simulators.priors import Prior
+
+
+class Posterior:
+    """q(theta | x) restricted to the prior's support."""
+
+    def __init__(self, estimator: Estimator, prior: Prior, min_acceptance: float = 1e-3):
+        if prior.dim != estimator.dim_theta:
+            raise UserError(
+                f"the prior has dimension {prior.dim} but the estimator models {estimator.dim_theta} parameters"
+            )
+        self.estimator, self.prior, self.min_acceptance = estimator, prior, min_acceptance
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return self.estimator.x_shape
+
+    @property
+    def dim_theta(self) -> int:
+        return self.estimator.dim_theta
+
+    def check_observations(self, x: Tensor, what: str = "observations") -> Tensor:
+        """Return x as (batch, *x_shape) float32, or raise a ``UserError`` naming the problem.
+
+        A single observation of shape x_shape is accepted and given a batch axis.
+        """
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if tuple(x.shape) == self.x_shape:
+            x = x.unsqueeze(0)
+        if x.ndim != len(self.x_shape) + 1 or tuple(x.shape[1:]) != self.x_shape:
+            expected = ", ".join(str(s) for s in self.x_shape)
+            raise UserError(
+                f"{what} have shape {tuple(x.shape)} but the model expects (num_obs, {expected})"
+            )
+        if x.shape[0] == 0:
+            raise UserError(f"{what} are empty: give at least one observation")
+        bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(-1)
+        if bad.any():
+            rows = bad.nonzero().flatten().tolist()[:5]
+            raise UserError(f"{what} contain NaN or inf (rows {rows}): every value must be finite")
+        return x
+
+    @torch.no_grad()
+    def sample(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """x (batch, *x_shape) -> samples (batch, num_samples, d) inside the prior's support."""
+        if num_samples < 1:
+            raise UserError(f"num_samples must be at least 1, got {num_samples}")
+        device = self.estimator.theta_loc.device
+        context = self.estimator.embed(x.to(device))
+        out = torch.empty(x.shape[0], num_samples, self.dim_theta)
+        for i in range(x.shape[0]):
+            out[i] = self._sample_one(context[i : i + 1], num_samples, generator, i)
+        return out
+
+    def _sample_one(
+        self, context: Tensor, num_samples: int, generator: torch.Generator | None, index: int
+    ) -> Tensor:
+        """Rejection-sample one observation's draws: context (1, c) -> (num_samples, d)."""
+        accepted: list[Tensor] = []
+        have, drawn = 0, 0
+        while have < num_samples:
+            need = num_samples - have
+            # After the first round, draw in proportion to the acceptance seen so far.
+            rate = have / drawn if drawn else 1.0
+            rows = need if drawn == 0 else min(int(math.ceil(1.2 * need / max(rate, 1e-3))), 10**6)
+            noise = draw_noise(rows, self.dim_theta, generator, context.device)
+            theta = self.estimator.decode(noise, context.expand(rows, -1)).cpu()
+            ok = self.prior.in_support(theta) & torch.isfinite(theta).all(-1)
+            accepted.append(theta[ok])
+            have += int(ok.sum())
+            drawn += rows
+            if drawn >= num_samples and have < self.min_acceptance * drawn:
+                raise UserError(
+                    f"observation {index}: only {have} of {drawn} posterior draws fall inside the "
+                    "prior's support; the observation is probably far from anything the model "
+                    "was trained on (check it, or retrain with more simulations)"
+                )
+        return torch.cat(accepted)[:num_samples]
+
+    def log_prob(self, theta: Tensor, x: Tensor) -> Tensor:
+        """log q(theta | x) for paired rows, -inf outside the prior's support, (batch,).
+
+        The truncated density is not renormalized (the same convention as sbi's
+        ``leakage_correction=False``).
+        """
+        lp = self.estimator.log_prob(theta, x)
+        return torch.where(self.prior.in_support(theta), lp, torch.full_like(lp, -math.inf))

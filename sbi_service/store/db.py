@@ -1,0 +1,230 @@
+"""The SQLite store: simulators, models and their versions, and jobs.
+
+Layout under ``home``::
+
+    sbi_service.db                      this database
+    models/{model}/{version}/           config.json + weights.safetensors
+
+A model version is written into a temporary folder beside its final place and
+renamed into place only when complete; its database row is inserted after the
+rename in one transaction. A crash at any point leaves earlier versions untouched
+and never a row pointing at a half-written folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sbi_service.errors import NotFoundError, UserError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS simulators (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,              -- import_path | remote | data
+    spec TEXT NOT NULL,              -- JSON
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_versions (
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    config TEXT NOT NULL,            -- JSON, the same as config.json
+    created_at REAL NOT NULL,
+    PRIMARY KEY (model, version)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,             -- queued | running | succeeded | failed | interrupted
+    progress REAL NOT NULL DEFAULT 0,
+    request TEXT NOT NULL,           -- JSON
+    result TEXT,                     -- JSON
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise UserError(
+            f"{what} {name!r} is not allowed: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+class Store:
+    """Access to ``$SBI_SERVICE_HOME``; each call opens its own short connection."""
+
+    def __init__(self, home: Path):
+        self.home = Path(home)
+        self.models_dir = self.home / "models"
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.home / "sbi_service.db"
+        with self._connect() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    # -- simulators ------------------------------------------------------------
+    def add_simulator(self, name: str, kind: str, spec: dict[str, Any]) -> None:
+        check_name(name, "simulator name")
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO simulators VALUES (?, ?, ?, ?)",
+                (name, kind, json.dumps(spec), time.time()),
+            )
+
+    def list_simulators(self) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM simulators ORDER BY name").fetchall()
+        return [{"name": r["name"], "kind": r["kind"], "spec": json.loads(r["spec"])} for r in rows]
+
+    # -- models ------------------------------------------------------------------
+    def save_model_version(self, model: str, write: Callable[[Path], dict[str, Any]]) -> dict:
+        """Create the next version of ``model``: ``write(folder)`` fills a temporary folder
+        and returns its config; the folder is renamed into place, then recorded.
+
+        Returns {"model", "version", "path", "config"}.
+        """
+        check_name(model)
+        model_dir = self.models_dir / model
+        model_dir.mkdir(parents=True, exist_ok=True)
+        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
+        try:
+            config = write(tmp)
+            _fsync_tree(tmp)
+            with self._connect() as db:
+                row = db.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM model_versions WHERE model = ?", (model,)
+                ).fetchone()
+                version = int(row[0]) + 1
+                final = model_dir / str(version)
+                if final.exists():  # left by a crash between rename and insert
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
+                db.execute(
+                    "INSERT INTO model_versions VALUES (?, ?, ?, ?, ?)",
+                    (model, version, str(final.relative_to(self.home)), json.dumps(config), time.time()),
+                )
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return {"model": model, "version": version, "path": str(final), "config": config}
+
+    def get_model_version(self, model: str, version: int | None = None) -> dict[str, Any]:
+        """The given version of ``model`` (the latest when ``version`` is None)."""
+        with self._connect() as db:
+            if version is None:
+                row = db.execute(
+                    "SELECT * FROM model_versions WHERE model = ? ORDER BY version DESC LIMIT 1",
+                    (model,),
+                ).fetchone()
+            else:
+                row = db.execute(
+                    "SELECT * FROM model_versions WHERE model = ? AND version = ?", (model, version)
+                ).fetchone()
+        if row is None:
+            known = ", ".join(m["model"] for m in self.list_models()) or "none yet"
+            which = f"model {model!r}" + (f" version {version}" if version is not None else "")
+            raise NotFoundError(f"{which} does not exist (models: {known}); train it first")
+        return self._version_row(row)
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """One entry per model: its latest version's record and the list of versions."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM model_versions ORDER BY model, version").fetchall()
+        models: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            entry = self._version_row(r)
+            entry["versions"] = [*models.get(r["model"], {}).get("versions", []), r["version"]]
+            models[r["model"]] = entry
+        return list(models.values())
+
+    def _version_row(self, row: sqlite3.Row) -> dict[str, Any]:
+        return {
+            "model": row["model"],
+            "version": row["version"],
+            "path": str(self.home / row["path"]),
+            "config": json.loads(row["config"]),
+            "created_at": row["created_at"],
+        }
+
+    # -- jobs ----------------------------------------------------------------------
+    def create_job(self, kind: str, request: dict[str, Any]) -> str:
+        job_id = uuid.uuid4().hex[:16]
+        now = time.time()
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO jobs (id, kind, state, progress, request, created_at, updated_at) "
+                "VALUES (?, ?, 'queued', 0, ?, ?, ?)",
+                (job_id, kind, json.dumps(request), now, now),
+            )
+        return job_id
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        """Set any of state, progress, result (JSON-able), error."""
+        allowed = {"state", "progress", "result", "error"}
+        if set(fields) - allowed:
+            raise ValueError(f"unknown job fields {set(fields) - allowed}")
+        if "result" in fields:
+            fields["result"] = json.dumps(fields["result"])
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self._connect() as db:
+            db.execute(
+                f"UPDATE jobs SET {sets}, updated_at = ? WHERE id = ?",
+                (*fields.values(), time.time(), job_id),
+            )
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"job {job_id!r} does not exist")
+        job = dict(row)
+        job["request"] = json.loads(job["request"])
+        job["result"] = json.loads(job["result"]) if job["result"] else None
+        return job
+
+    def mark_interrupted_jobs(self) -> int:
+        """Jobs left queued or running by a previous process: mark them interrupted."""
+        with self._connect() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'interrupted', error = 'the server stopped before the job "
+                "finished; submit it again', updated_at = ? WHERE state IN ('queued', 'running')",
+                (time.time(),),
+            )
+            return cur.rowcount
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())

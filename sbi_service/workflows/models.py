@@ -1,0 +1,62 @@
+"""Load stored models and draw posterior samples from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sbi_service.errors import UserError
+from sbi_service.estimators.io import load_estimator
+from sbi_service.estimators.posterior import Posterior
+from sbi_service.simulators.priors import prior_from_spec
+from sbi_service.store.db import Store
+
+
+def load_posterior(
+    store: Store, model: str, version: int | None = None, device: str = "cpu"
+) -> tuple[Posterior, dict[str, Any]]:
+    """The stored model as a ``Posterior`` on ``device``, and its version record."""
+    record = store.get_model_version(model, version)
+    estimator, config = load_estimator(Path(record["path"]), device)
+    return Posterior(estimator, prior_from_spec(config["prior"])), record
+
+
+def sample_posterior(
+    posterior: Posterior, observations: Any, num_samples: int, seed: int | None
+) -> np.ndarray:
+    """observations (num_obs, *x_shape) -> samples (num_obs, num_samples, dim_theta) float32."""
+    x = posterior.check_observations(observations)
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return posterior.sample(x, num_samples, generator).numpy().astype(np.float32)
+
+
+def load_observations(path: Path) -> np.ndarray:
+    """Read observations from a .npy file (no pickles)."""
+    try:
+        return np.load(Path(path), allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except ValueError as e:
+        raise UserError(f"{path} is not a readable .npy array of numbers ({e})") from None
+
+
+def summarize(samples: np.ndarray) -> dict[str, list]:
+    """Per observation and parameter: mean, std and the 5%/50%/95% quantiles.
+
+    samples (num_obs, N, d) -> each entry (num_obs, d) as nested lists.
+    """
+    q = np.quantile(samples, [0.05, 0.5, 0.95], axis=1)
+    return {
+        "mean": samples.mean(1).tolist(),
+        "std": samples.std(1).tolist(),
+        "q05": q[0].tolist(),
+        "median": q[1].tolist(),
+        "q95": q[2].tolist(),
+    }
