@@ -237,6 +237,14 @@ class LogNormal(Prior):
         return self._std.float()
 
 
+PRIOR_CLASSES: dict[str, type[Prior]] = {
+    "box_uniform": BoxUniform,
+    "normal": Normal,
+    "multivariate_normal": MultivariateNormal,
+    "lognormal": LogNormal,
+}
+
+
 def prior_from_spec(spec: Any) -> Prior:
     """Build a prior from its JSON dict; a ``UserError`` names what is malformed."""
     if not isinstance(spec, dict):
@@ -257,13 +265,10 @@ def prior_from_spec(spec: Any) -> Prior:
     if extra:
         raise UserError(f"prior: unexpected field(s) {sorted(extra)} for type {kind!r}")
     args = [spec[k] for k in keys[kind]]
-    if kind == "box_uniform":
-        return BoxUniform(*args)
-    if kind == "normal":
-        return Normal(*args)
-    if kind == "lognormal":
-        return LogNormal(*args)
-    return MultivariateNormal(*args)
+    try:
+        return PRIOR_CLASSES[kind](*args)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"prior: the fields of {kind!r} must be lists of numbers ({e})") from None
 
 
 def load_prior(path: Path) -> Prior:

@@ -1,0 +1,20 @@
+"""Shared fixtures: one torch thread (the suite's timing assumes it) and a fresh home per test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A fresh ``$SBI_SERVICE_HOME`` for the test (also seen by subprocesses)."""
+    from sbi_service.config import get_settings
+
+    path = tmp_path / "home"
+    monkeypatch.setenv("SBI_SERVICE_HOME", str(path))
+    get_settings.cache_clear()
+    yield path
+    get_settings.cache_clear()

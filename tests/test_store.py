@@ -1,0 +1,109 @@
+import json
+
+import pytest
+import torch
+
+from sbi_service.errors import NotFoundError, UserError
+from sbi_service.estimators.io import load_estimator, save_estimator
+from sbi_service.estimators.posterior import Posterior
+from sbi_service.estimators.registry import build_estimator
+from sbi_service.simulators.priors import prior_from_spec
+from sbi_service.store import Store
+
+PRIOR = {"type": "box_uniform", "low": [-3.0, -3.0], "high": [3.0, 3.0]}
+
+
+def _estimator(kind="nsf"):
+    torch.manual_seed(0)
+    est = build_estimator({"kind": kind, "dim_theta": 2, "x_shape": [3], "transforms": 2})
+    with torch.no_grad():
+        est.fit_standardization(torch.randn(100, 2) * 2 + 1, torch.randn(100, 3) * 3 - 1)
+    return est.eval()
+
+
+@pytest.mark.parametrize("kind", ["nsf", "maf"])
+def test_save_load_round_trip_gives_identical_seeded_samples(tmp_path, kind):
+    est = _estimator(kind)
+    save_estimator(tmp_path / "m", est, {"prior": PRIOR})
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json",
+        "weights.safetensors",
+    ]
+    loaded, config = load_estimator(tmp_path / "m")
+    assert config["estimator"] == est.config and config["prior"] == PRIOR
+    x = torch.randn(4, 3)
+    prior = prior_from_spec(PRIOR)
+    a = Posterior(est, prior).sample(x, 50, torch.Generator().manual_seed(7))
+    b = Posterior(loaded, prior).sample(x, 50, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    assert torch.allclose(est.log_prob(a[:, 0], x), loaded.log_prob(a[:, 0], x))
+
+
+def test_versions_increment_and_latest(tmp_path):
+    store = Store(tmp_path)
+    est = _estimator()
+
+    def write(folder):
+        save_estimator(folder, est, {"prior": PRIOR})
+        return {"estimator": est.config, "prior": PRIOR}
+
+    assert store.save_model_version("m", write)["version"] == 1
+    assert store.save_model_version("m", write)["version"] == 2
+    assert store.get_model_version("m")["version"] == 2
+    assert store.get_model_version("m", 1)["version"] == 1
+    assert store.list_models()[0]["versions"] == [1, 2]
+    with pytest.raises(NotFoundError, match="version 9"):
+        store.get_model_version("m", 9)
+    with pytest.raises(NotFoundError, match="train it first"):
+        store.get_model_version("other")
+
+
+def test_crash_during_save_leaves_previous_version_whole(tmp_path):
+    store = Store(tmp_path)
+    est = _estimator()
+
+    def write(folder):
+        save_estimator(folder, est, {"prior": PRIOR})
+        return {"estimator": est.config}
+
+    store.save_model_version("m", write)
+    before = (tmp_path / "models/m/1/weights.safetensors").read_bytes()
+
+    def crash(folder):
+        save_estimator(folder, est, {"prior": PRIOR})
+        (folder / "weights.safetensors").write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        store.save_model_version("m", crash)
+    assert store.get_model_version("m")["version"] == 1
+    assert (tmp_path / "models/m/1/weights.safetensors").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "models/m").iterdir()) == ["1"]
+
+
+def test_jobs_record_and_interruption(tmp_path):
+    store = Store(tmp_path)
+    job = store.create_job("train", {"name": "m"})
+    store.update_job(job, state="running", progress=0.5)
+    assert store.get_job(job)["progress"] == 0.5
+    assert Store(tmp_path).mark_interrupted_jobs() == 1
+    record = store.get_job(job)
+    assert record["state"] == "interrupted" and "stopped" in record["error"]
+    done = store.create_job("train", {})
+    store.update_job(done, state="succeeded", result={"model": "m"})
+    assert store.get_job(done)["result"] == {"model": "m"}
+
+
+def test_bad_model_names_are_refused(tmp_path):
+    store = Store(tmp_path)
+    for name in ["", "../x", "a/b", "x" * 65, ".hidden"]:
+        with pytest.raises(UserError, match="not allowed"):
+            store.save_model_version(name, lambda folder: {})
+    assert not any((tmp_path / "models").iterdir())
+
+
+def test_config_json_is_plain_json(tmp_path):
+    est = _estimator()
+    save_estimator(tmp_path / "m", est, {"prior": PRIOR})
+    config = json.loads((tmp_path / "m/config.json").read_text())
+    assert config["estimator"]["kind"] == "nsf"
