@@ -58,3 +58,73 @@ def pair_plot(
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def ecp_plot(
+    alpha: list[float],
+    ecp: list[float],
+    path: Path,
+    lower: list[float] | None = None,
+    upper: list[float] | None = None,
+    title: str = "TARP expected coverage",
+    ylabel: str = "expected coverage",
+) -> Path:
+    """ECP (or HPD coverage) against credibility alpha, with optional bands, and the diagonal."""
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+    if lower is not None and upper is not None:
+        ax.fill_between(alpha, lower, upper, alpha=0.3, label="bootstrap band")
+    ax.plot(alpha, ecp, lw=2, label="estimate")
+    ax.set(xlabel="credibility level α", ylabel=ylabel, xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def sbc_histograms(
+    histograms: list[list[float]],
+    expected: float,
+    path: Path,
+    labels: list[str] | None = None,
+    max_dims: int = 10,
+) -> Path:
+    """One rank histogram per parameter (d, bins), with the uniform expectation and its 99% band."""
+    h = np.asarray(histograms)[:max_dims]
+    d, bins = h.shape
+    labels = labels or [f"θ{i + 1}" for i in range(d)]
+    cols = min(d, 5)
+    rows = (d + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.0 * rows + 0.4), squeeze=False)
+    n = expected * bins
+    half = 2.576 * np.sqrt(n * (1 / bins) * (1 - 1 / bins))
+    for k, ax in enumerate(axes.flat):
+        if k >= d:
+            ax.axis("off")
+            continue
+        ax.axhspan(max(expected - half, 0), expected + half, color="0.85")
+        ax.bar(np.arange(bins), h[k], width=1.0, align="edge")
+        ax.axhline(expected, color="k", lw=1)
+        ax.set(title=labels[k], xticks=[], yticks=[])
+    fig.suptitle("SBC rank histograms")
+    return _save(fig, path)
+
+
+def robustness_curve(
+    epsilons: list[float], curves: dict[str, list[float]], path: Path, title: str = ""
+) -> Path:
+    """Adversarial KL against epsilon (log-log), one line per attack norm."""
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    for label, kl in curves.items():
+        ax.plot(epsilons, np.maximum(np.asarray(kl, dtype=float), 1e-4), "o-", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="ε (data standard deviations)")
+    ax.set(ylabel="KL(q(θ|x) ‖ q(θ|x+δ)) [nats]", title=title or "Adversarial robustness")
+    ax.legend()
+    return _save(fig, path)
