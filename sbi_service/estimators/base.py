@@ -115,7 +115,11 @@ class Estimator(nn.Module, ABC):
     def sample(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """x (batch, *x_shape) -> samples (batch, num_samples, d), no support check."""
         context = self.embed(x)
-        noise = draw_noise(context.shape[0] * num_samples, self.dim_theta, generator, x.device)
+        # Noise is drawn observation by observation, as Posterior.sample and the server do,
+        # so all three give the same samples for the same seed.
+        noise = torch.cat(
+            [draw_noise(num_samples, self.dim_theta, generator, x.device) for _ in range(len(x))]
+        )
         rows = context.repeat_interleave(num_samples, dim=0)
         return self.decode(noise, rows).reshape(x.shape[0], num_samples, self.dim_theta)
 
