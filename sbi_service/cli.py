@@ -333,6 +333,101 @@ def diagnose(
         raise typer.Exit(GATE_FAILED)
 
 
+# -- diagnose -------------------------------------------------------------------------
+GATE_FAILED, GATE_BROKEN = 1, 3
+
+
+@app.command()
+def diagnose(
+    model: str,
+    seed: Annotated[int, typer.Option()],
+    report: Annotated[Path, typer.Option(help="folder for report.json, report.html, PNGs")],
+    tarp: Annotated[bool, typer.Option("--tarp", help="TARP coverage")] = False,
+    sbc: Annotated[bool, typer.Option("--sbc", help="simulation-based calibration")] = False,
+    coverage: Annotated[bool, typer.Option("--coverage", help="HPD expected coverage")] = False,
+    robustness: Annotated[bool, typer.Option("--robustness", help="adversarial PGD")] = False,
+    c2st: Annotated[bool, typer.Option("--c2st", help="vs the reference posterior")] = False,
+    ppc: Annotated[bool, typer.Option("--ppc", help="posterior predictive check")] = False,
+    num_simulations: Annotated[int | None, typer.Option("--num-simulations")] = None,
+    data: Annotated[Path | None, typer.Option(help="TEST.npz with theta and x")] = None,
+    version: Annotated[int | None, typer.Option(help="model version (default: latest)")] = None,
+    num_posterior_samples: Annotated[int, typer.Option("--num-posterior-samples")] = 1000,
+    max_atc: Annotated[float, typer.Option("--max-atc")] = 0.05,
+    min_ks_pvalue: Annotated[float, typer.Option("--min-ks-pvalue")] = 0.01,
+    max_adversarial_kl: Annotated[float, typer.Option("--max-adversarial-kl")] = 1.0,
+    max_c2st: Annotated[float, typer.Option("--max-c2st")] = 0.6,
+    max_ppc_z: Annotated[float, typer.Option("--max-ppc-z")] = 2.0,
+    min_contraction: Annotated[float | None, typer.Option("--min-contraction")] = None,
+    junit: Annotated[Path | None, typer.Option(help="write the checks as JUnit XML")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Run diagnostics on a stored model: the CI gate.
+
+    Exit 0 when every check passes, 1 when a check fails, 3 when the gate could not
+    run (unknown model, bad test data, ...). With no check flag, --tarp --sbc run.
+    """
+    from sbi_service.diagnostics.report import junit_error_xml, junit_xml
+    from sbi_service.workflows.diagnose import DiagnoseRequest, Thresholds, diagnose_model
+
+    _setup_torch()
+    if not (tarp or sbc or coverage or robustness or c2st or ppc):
+        tarp = sbc = True
+    req = DiagnoseRequest(
+        model=model,
+        version=version,
+        tarp=tarp,
+        sbc=sbc,
+        coverage=coverage,
+        robustness=robustness,
+        c2st=c2st,
+        ppc=ppc,
+        num_simulations=num_simulations,
+        data=data,
+        num_posterior_samples=num_posterior_samples,
+        seed=seed,
+        report_dir=report,
+        thresholds=Thresholds(
+            max_atc=max_atc,
+            min_ks_pvalue=min_ks_pvalue,
+            max_adversarial_kl=max_adversarial_kl,
+            max_c2st=max_c2st,
+            max_ppc_z=max_ppc_z,
+            min_contraction=min_contraction,
+        ),
+    )
+    try:
+        result = diagnose_model(_store(), req)
+    except Exception as e:  # the gate itself is broken: a distinct exit code for CI
+        kind = "error" if isinstance(e, UserError) else f"internal error ({type(e).__name__})"
+        err.print(f"{kind}: {e}", highlight=False, markup=False, soft_wrap=True)
+        if junit is not None:
+            junit.parent.mkdir(parents=True, exist_ok=True)
+            junit.write_text(junit_error_xml(str(e)))
+        raise typer.Exit(GATE_BROKEN) from None
+    if junit is not None:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.write_text(junit_xml(result))
+    if as_json:
+        _print_json(result)
+    else:
+        verdict = "[green]PASSED[/green]" if result["passed"] else "[red]FAILED[/red]"
+        out.print(f"{model} v{result['version']}: {verdict} ({result['test_data']})")
+        for c in result["checks"]:
+            mark = "ok  " if c["passed"] else "FAIL"
+            out.print(
+                f"  {mark} {c['diagnostic']}.{c['name']}: {c['statistic']:.4g} "
+                f"{c['comparison']} {c['threshold']:.4g}",
+                markup=False,
+            )
+        for s in result["skipped"]:
+            out.print(f"  skip {s['diagnostic']}: {s['reason']}", markup=False)
+        per = result["diagnostics"]["contraction"]["values"]["per_parameter"]
+        out.print("  contraction: " + " ".join(f"{v:.2f}" for v in per), markup=False)
+        out.print(f"report: {report / 'report.html'}", markup=False)
+    if not result["passed"]:
+        raise typer.Exit(GATE_FAILED)
+
+
 # -- models ---------------------------------------------------------------------------
 @models_app.command("list")
 def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
