@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -18,6 +20,32 @@ class Settings(BaseSettings):
     # Small networks on a few cores train several times faster on one thread
     # (benchmarks/threads.py measures it); 0 leaves torch's default.
     torch_threads: int = 1
+
+    # -- serving (sbi-service serve; README "Serving") ---------------------------------
+    # API keys, comma-separated in SBI_SERVICE_API_KEYS. Mutating endpoints (jobs,
+    # simulator registration, reload) always need one; with none configured they are off.
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    require_key_for_reads: bool = False
+    max_observations: int = Field(1000, ge=1)  # per request
+    max_num_samples: int = Field(100_000, ge=1)  # per observation
+    max_request_rows: int = Field(1_000_000, ge=1)  # num_obs * num_samples per request
+    max_body_bytes: int = Field(8 * 2**20, ge=1024)
+    max_queue_rows: int = Field(2_000_000, ge=1)  # rows queued over all models -> 503
+    batch_rows: int = Field(8192, ge=1)  # row budget of one batched forward pass
+    batching: bool = True  # False: one forward pass per request (the benchmark baseline)
+    request_timeout_s: float = Field(30.0, gt=0)  # default deadline; X-Request-Timeout lowers it
+    model_cache_size: int = Field(4, ge=1)  # loaded (model, version) pairs kept
+    preload_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    reload_interval_s: float = Field(5.0, ge=0)  # poll for new versions; 0 turns it off
+    drain_timeout_s: float = Field(30.0, ge=0)  # SIGTERM: wait this long for in-flight work
+    job_workers: int = Field(1, ge=1)  # worker processes for train/diagnose jobs
+
+    @field_validator("api_keys", "preload_models", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     @property
     def db_path(self) -> Path:

@@ -1,0 +1,167 @@
+"""Background jobs (train, diagnose) run in worker processes, their state in the store.
+
+``JobRunner.submit`` records a job as ``queued`` and hands it to a
+``ProcessPoolExecutor`` with the spawn start method (a fresh interpreter: no torch
+state or threads inherited from the server). The worker marks the job ``running``,
+reports progress in [0, 1] at most twice a second, and finishes it as ``succeeded``
+with the workflow's result or ``failed`` with the error message. A worker exits when
+the server process that started it is gone, and a server starting up marks the jobs
+left ``queued`` or ``running`` as ``interrupted`` (``Store.mark_interrupted_jobs``).
+
+Job requests are JSON: ``{"kind": "train", ...TrainRequest fields, "train": {...
+TrainConfig fields}}`` or ``{"kind": "diagnose", ...DiagnoseRequest fields}``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from sbi_service.errors import UserError
+from sbi_service.store.db import Store
+
+JOB_KINDS = ("train", "diagnose")
+PROGRESS_INTERVAL_S = 0.5
+
+
+class JobRunner:
+    """Submits jobs to worker processes; one per server (or CLI process)."""
+
+    def __init__(self, store: Store, workers: int = 1, torch_threads: int = 1):
+        self.store, self.workers, self.torch_threads = store, workers, torch_threads
+        self._executor: ProcessPoolExecutor | None = None
+        self._running: dict[str, Future] = {}
+        self._lock = threading.Lock()
+
+    def submit(
+        self,
+        kind: str,
+        request: dict[str, Any],
+        on_done: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> str:
+        """Record and start a job; ``on_done(job_id, job)`` runs (in a thread) when it ends."""
+        if kind not in JOB_KINDS:
+            raise UserError(f"unknown job kind {kind!r}; expected one of {', '.join(JOB_KINDS)}")
+        job_id = self.store.create_job(kind, request)
+        with self._lock:
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(
+                    self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_worker_init,
+                    initargs=(os.getpid(), self.torch_threads),
+                )
+            future = self._executor.submit(run_job, str(self.store.home), job_id, kind, request)
+            self._running[job_id] = future
+
+        def finished(f: Future) -> None:
+            with self._lock:
+                self._running.pop(job_id, None)
+            if f.cancelled():
+                return
+            if f.exception() is not None:  # the worker died (killed, out of memory)
+                self.store.update_job(
+                    job_id, state="failed", error=f"worker failed: {f.exception()}"
+                )
+            if on_done is not None:
+                on_done(job_id, self.store.get_job(job_id))
+
+        future.add_done_callback(finished)
+        return job_id
+
+    def shutdown(self) -> None:
+        """Stop taking jobs; jobs not finished are marked interrupted and their workers end."""
+        with self._lock:
+            executor, running = self._executor, list(self._running)
+            self._executor = None
+        if executor is None:
+            return
+        executor.shutdown(wait=False, cancel_futures=True)
+        for job_id in running:
+            if self.store.get_job(job_id)["state"] in ("queued", "running"):
+                self.store.update_job(
+                    job_id,
+                    state="interrupted",
+                    error="the server stopped before the job finished; submit it again",
+                )
+        for process in list((getattr(executor, "_processes", None) or {}).values()):
+            process.terminate()
+
+
+def _worker_init(parent_pid: int, torch_threads: int) -> None:
+    """In each worker: set torch threads, and exit when the server process is gone."""
+    import torch
+
+    if torch_threads > 0:
+        torch.set_num_threads(torch_threads)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def run_job(home: str, job_id: str, kind: str, request: dict[str, Any]) -> dict[str, Any] | None:
+    """Run one job in this (worker) process, recording state, progress and result."""
+    store = Store(Path(home))
+    store.update_job(job_id, state="running", progress=0.0)
+    last = [0.0]
+
+    def report(fraction: float) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_INTERVAL_S:
+            last[0] = now
+            store.update_job(job_id, progress=round(min(max(fraction, 0.0), 1.0), 4))
+
+    try:
+        if kind == "train":
+            result = _train(store, request, report)
+        else:
+            result = _diagnose(store, request, report)
+    except UserError as e:
+        store.update_job(job_id, state="failed", error=str(e))
+        return None
+    except Exception as e:  # a bug: keep the traceback for the operator
+        store.update_job(
+            job_id, state="failed", error=f"internal error: {e!r}\n{traceback.format_exc()}"
+        )
+        return None
+    store.update_job(job_id, state="succeeded", progress=1.0, result=result)
+    return result
+
+
+def train_request_from_dict(payload: dict[str, Any]):
+    """A ``TrainRequest`` from a job's JSON request (already checked by the API schema)."""
+    from sbi_service.estimators.train import TrainConfig
+    from sbi_service.workflows.train import TrainRequest
+
+    args = {k: v for k, v in payload.items() if k not in ("kind", "train")}
+    if args.get("data") is not None:
+        args["data"] = Path(args["data"])
+    try:
+        return TrainRequest(**args, train=TrainConfig(**(payload.get("train") or {})))
+    except TypeError as e:
+        raise UserError(f"bad train request: {e}") from None
+
+
+def _train(store: Store, request: dict[str, Any], report: Callable[[float], None]) -> dict:
+    from sbi_service.workflows.train import train_model
+
+    req = train_request_from_dict(request)
+    max_epochs = max(req.train.max_epochs, 1)
+    return train_model(store, req, lambda epoch, *_: report(epoch / max_epochs))
+
+
+def _diagnose(store: Store, request: dict[str, Any], report: Callable[[float], None]) -> dict:
+    from sbi_service.workflows.diagnose import DiagnoseRequest, diagnose_model
+
+    return diagnose_model(store, DiagnoseRequest.from_dict(request), lambda f, _: report(f))

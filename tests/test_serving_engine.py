@@ -1,0 +1,187 @@
+"""The batching engine and model pool, without HTTP.
+
+A tiny NSF on a box prior (so some draws fall outside the support and are redrawn);
+served samples must equal ``sample_posterior`` with the same seed, whatever the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from sbi_service.errors import UserError
+from sbi_service.estimators.train import TrainConfig
+from sbi_service.serving import DeadlineExceeded, Metrics, ModelPool, QueueFull
+from sbi_service.store.db import Store
+from sbi_service.workflows.models import load_posterior, sample_posterior
+from sbi_service.workflows.train import TrainRequest, train_model
+
+PRIOR = {"type": "box_uniform", "low": [-1.0, -1.0], "high": [1.0, 1.0]}
+
+
+def train_tiny(store: Store, data, name: str = "tiny", seed: int = 0) -> dict:
+    req = TrainRequest(
+        name=name,
+        estimator="nsf",
+        seed=seed,
+        data=data,
+        prior=PRIOR,
+        estimator_options={"transforms": 2, "hidden_features": [16, 16]},
+        train=TrainConfig(max_epochs=2, batch_size=256),
+    )
+    return train_model(store, req)
+
+
+def make_data(folder) -> object:
+    g = torch.Generator().manual_seed(0)
+    theta = torch.rand(1000, 2, generator=g) * 2 - 1
+    x = theta + 0.2 * torch.randn(1000, 2, generator=g)
+    path = folder / "sims.npz"
+    np.savez(path, theta=theta.numpy(), x=x.numpy())
+    (folder / "prior.json").write_text(json.dumps(PRIOR))
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("engine")
+    store = Store(folder / "home")
+    train_tiny(store, make_data(folder))
+    return store
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+OBS = np.array([[0.5, 0.5], [0.95, -0.95], [0.0, 0.1], [-0.9, 0.9]], np.float32)
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_concurrent_requests_equal_sequential_samples(store, batching):
+    posterior, _ = load_posterior(store, "tiny")
+    # (observations, num_samples, seed): multi-observation requests near the support's edge
+    requests = [(OBS[i % 4 : i % 4 + 1 + i % 3], 20 + 41 * i, 100 + i) for i in range(12)]
+
+    async def main():
+        pool = ModelPool(store, Metrics(), batch_rows=97, batching=batching)
+        try:
+            return await asyncio.gather(
+                *[pool.sample("tiny", None, o, n, s, 60) for o, n, s in requests]
+            ), pool.metrics
+        finally:
+            pool.close()
+
+    results, metrics = run(main())
+    for (o, n, s), (model, got) in zip(requests, results, strict=True):
+        expected = sample_posterior(posterior, o, n, s)
+        assert model.version == 1
+        assert got.shape == expected.shape == (len(o), n, 2)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    # rows were coalesced across requests (batching) or not, never past the row budget
+    text = metrics.render()
+    total = float(re.search(r"^sbi_batch_requests_sum (\S+)$", text, re.M).group(1))
+    passes = float(re.search(r"^sbi_batch_requests_count (\S+)$", text, re.M).group(1))
+    within_100 = float(
+        re.search(r'^sbi_batch_rows_bucket\{le="100.0"\} (\S+)$', text, re.M).group(1)
+    )
+    if batching:
+        assert within_100 == passes  # no pass over the budget of 97 rows
+    if batching:
+        assert total / passes > 1.5  # requests shared passes
+    else:
+        assert within_100 < passes  # a whole round of a request in one pass
+        assert total == passes  # one request per pass
+
+
+def test_large_request_is_split_and_reassembled(store):
+    posterior, _ = load_posterior(store, "tiny")
+
+    async def main():
+        pool = ModelPool(store, Metrics(), batch_rows=64)
+        try:
+            return (await pool.sample("tiny", None, OBS[:2], 500, 7, 60))[1], pool.metrics
+        finally:
+            pool.close()
+
+    got, metrics = run(main())
+    np.testing.assert_allclose(got, sample_posterior(posterior, OBS[:2], 500, 7), atol=1e-5)
+    assert metrics.batch_rows.count() >= 2 * 500 // 64
+    assert 'sbi_batch_rows_bucket{le="100.0"}' in metrics.render()
+
+
+def test_queue_full_deadline_and_cancellation_release_rows(store):
+    async def main():
+        pool = ModelPool(store, Metrics(), batch_rows=16, max_queue_rows=1000)
+        try:
+            slow = asyncio.ensure_future(pool.sample("tiny", None, OBS[:1], 900, 1, 60))
+            await asyncio.sleep(0.05)
+            with pytest.raises(QueueFull):
+                await pool.sample("tiny", None, OBS[:1], 200, 2, 60)
+            slow.cancel()  # a client that went away: its queued rows are dropped
+            for _ in range(100):
+                if pool.budget.used == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert pool.budget.used == 0
+            with pytest.raises(DeadlineExceeded):
+                await pool.sample("tiny", None, OBS[:1], 900, 3, 0.01)
+            for _ in range(100):
+                if pool.budget.used == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert pool.budget.used == 0
+        finally:
+            pool.close()
+
+    run(main())
+
+
+def test_observation_far_outside_fails_with_user_error(store):
+    async def main():
+        pool = ModelPool(store, Metrics())
+        try:
+            await pool.sample("tiny", None, np.array([[50.0, -50.0]], np.float32), 50, 0, 60)
+        finally:
+            pool.close()
+
+    with pytest.raises(UserError, match="inside the prior's support"):
+        run(main())
+
+
+def test_bad_shape_is_a_user_error(store):
+    async def main():
+        pool = ModelPool(store, Metrics())
+        try:
+            await pool.sample("tiny", None, np.zeros((1, 3), np.float32), 5, 0, 60)
+        finally:
+            pool.close()
+
+    with pytest.raises(UserError, match="expects"):
+        run(main())
+
+
+def test_hot_reload_and_lru(store, tmp_path):
+    async def main():
+        pool = ModelPool(store, Metrics(), cache_size=1)
+        try:
+            first, _ = await pool.sample("tiny", None, OBS[:1], 10, 0, 60)
+            old_engine = first.engine
+            await asyncio.to_thread(train_tiny, store, make_data(tmp_path), "tiny", 1)
+            reloaded = await pool.reload("tiny")
+            assert reloaded.version == 2
+            old_engine.join(10)  # drained and stopped
+            assert not old_engine._thread.is_alive()
+            model, _ = await pool.sample("tiny", None, OBS[:1], 10, 0, 60)
+            assert model.version == 2
+            pinned, _ = await pool.sample("tiny", 1, OBS[:1], 10, 0, 60)  # evicts v2 (LRU of 1)
+            assert pinned.version == 1 and len(pool) == 1
+        finally:
+            pool.close()
+
+    run(main())
