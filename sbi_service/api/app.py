@@ -1,0 +1,100 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+At startup: jobs left running by a previous process are marked interrupted, torch
+gets ``settings.torch_threads`` threads (the event loop and the engine threads share
+the machine's cores), and the ``preload_models`` are loaded and warmed in the
+background; ``/readyz`` answers 503 until that is done. A watcher reloads models
+whose store has a newer version every ``reload_interval_s``. At shutdown the job
+workers stop (their jobs are marked interrupted) and the engines finish their queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+
+from sbi_service.api.deps import ServiceState
+from sbi_service.api.errors import install_error_handlers
+from sbi_service.api.middleware import ServiceMiddleware
+from sbi_service.api.routers import health, jobs, models, simulators
+from sbi_service.config import Settings
+from sbi_service.jobs import JobRunner
+from sbi_service.serving import Metrics, ModelPool
+from sbi_service.store.db import Store
+
+log = logging.getLogger("sbi_service.api")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    store = Store(settings.home)
+    metrics = Metrics()
+    pool = ModelPool(
+        store,
+        metrics,
+        device=settings.device,
+        cache_size=settings.model_cache_size,
+        max_queue_rows=settings.max_queue_rows,
+        batch_rows=settings.batch_rows,
+        batching=settings.batching,
+    )
+    runner = JobRunner(store, settings.job_workers, settings.torch_threads)
+    state = ServiceState(settings, store, metrics, pool, runner)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.torch_threads > 0:
+            torch.set_num_threads(settings.torch_threads)
+        interrupted = await asyncio.to_thread(store.mark_interrupted_jobs)
+        if interrupted:
+            log.warning("marked %d job(s) of a previous run as interrupted", interrupted)
+        state.spawn(_preload(state))
+        if settings.reload_interval_s > 0:
+            state.spawn(_watch_versions(state))
+        try:
+            yield
+        finally:
+            for task in list(state.background):
+                task.cancel()
+            runner.shutdown()
+            await asyncio.to_thread(pool.close)
+
+    app = FastAPI(
+        title="sbi-service",
+        summary="Amortized posterior samples for simulation-based inference",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.sbi = state
+    install_error_handlers(app)
+    app.add_middleware(ServiceMiddleware, state=state)
+    for module in (health, models, simulators, jobs):
+        app.include_router(module.router)
+    return app
+
+
+async def _preload(state: ServiceState) -> None:
+    """Load and warm the preloaded models, then declare the service ready."""
+    for name in state.settings.preload_models:
+        try:
+            loaded = await state.pool.reload(name)
+        except Exception as e:  # a missing model keeps /readyz at 503 with the reason
+            state.startup_error = f"cannot preload model {name!r}: {e}"
+            log.error(state.startup_error)
+            return
+        log.info("loaded and warmed %s v%d", name, loaded.version)
+    state.ready = True
+
+
+async def _watch_versions(state: ServiceState) -> None:
+    """Hot reload: swap in new versions of the models served as latest."""
+    while True:
+        await asyncio.sleep(state.settings.reload_interval_s)
+        try:
+            await state.pool.refresh()
+        except Exception:  # e.g. the store briefly locked; try again next round
+            log.exception("checking for new model versions failed")

@@ -1,0 +1,105 @@
+"""Dependencies: the service state, settings, and API-key checks.
+
+A key comes as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` and is compared in
+constant time with the configured ``api_keys``. Mutating endpoints always need one
+(with no keys configured they are refused: nobody can change state anonymously);
+reads need one when ``require_key_for_reads`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Depends, Request
+
+from sbi_service.api.errors import ApiError
+from sbi_service.config import Settings
+from sbi_service.jobs import JobRunner
+from sbi_service.serving import Metrics, ModelPool
+from sbi_service.store.db import Store
+
+log = logging.getLogger("sbi_service.api")
+
+
+@dataclass
+class ServiceState:
+    """Everything a request handler needs, kept on ``app.state.sbi``."""
+
+    settings: Settings
+    store: Store
+    metrics: Metrics
+    pool: ModelPool
+    jobs: JobRunner
+    ready: bool = False  # models preloaded and warm
+    draining: bool = False  # SIGTERM received: finishing in-flight work
+    in_flight: int = 0  # HTTP requests being handled
+    startup_error: str | None = None
+    background: set[asyncio.Task] = field(default_factory=set)  # cancelled at shutdown
+
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` in the background on the event loop (call it on the loop)."""
+        task = asyncio.ensure_future(work)
+        self.background.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.sbi
+
+
+def get_settings(state: ServiceState = Depends(get_state)) -> Settings:
+    return state.settings
+
+
+def _presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def _check_key(request: Request, state: ServiceState, what: str) -> None:
+    if not state.settings.api_keys:
+        state.metrics.rejections.inc("unauthorized")
+        raise ApiError(
+            403,
+            "Authorization",
+            f"{what} are disabled: the server has no API keys configured (SBI_SERVICE_API_KEYS)",
+        )
+    key = _presented_key(request)
+    if key is None:
+        state.metrics.rejections.inc("unauthorized")
+        raise ApiError(
+            401,
+            "Authorization",
+            f"{what} need an API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not any(hmac.compare_digest(key.encode(), k.encode()) for k in state.settings.api_keys):
+        state.metrics.rejections.inc("unauthorized")
+        raise ApiError(
+            401, "Authorization", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+def require_key(request: Request, state: ServiceState = Depends(get_state)) -> None:
+    """For mutating endpoints."""
+    _check_key(request, state, "mutating endpoints")
+
+
+def read_access(request: Request, state: ServiceState = Depends(get_state)) -> None:
+    """For reads: a key only when ``require_key_for_reads``."""
+    if state.settings.require_key_for_reads:
+        _check_key(request, state, "reads")

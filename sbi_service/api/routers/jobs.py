@@ -1,0 +1,95 @@
+"""Jobs: train or diagnose in a worker process; poll for state, progress and result."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends
+
+from sbi_service.api.deps import ServiceState, get_state, read_access, require_key
+from sbi_service.api.errors import ApiError, field_error
+from sbi_service.api.responses import json_safe
+from sbi_service.api.schemas import DiagnoseJob, ErrorResponse, JobCreated, JobInfo, JobRequest
+from sbi_service.errors import NotFoundError, UserError
+from sbi_service.estimators.registry import ESTIMATORS
+from sbi_service.simulators.priors import prior_from_spec
+from sbi_service.simulators.registry import list_names
+from sbi_service.store.db import check_name
+
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    responses={code: {"model": ErrorResponse} for code in (401, 403, 404, 422)},
+)
+
+
+@router.post("", status_code=202, response_model=JobCreated, dependencies=[Depends(require_key)])
+async def create_job(
+    body: JobRequest = Body(discriminator="kind"), state: ServiceState = Depends(get_state)
+) -> dict[str, str]:
+    """Start a train or diagnose job; 202 with its id. Checked here, run in a worker process."""
+    request = body.model_dump(exclude_none=True)
+    if isinstance(body, DiagnoseJob):
+        await asyncio.to_thread(_check_diagnose, request)
+    else:
+        await asyncio.to_thread(_check_train, state, request)
+    loop = asyncio.get_running_loop()
+
+    def on_done(job_id: str, job: dict[str, Any]) -> None:
+        # A newly trained version of a model this server serves: swap it in.
+        if job["kind"] == "train" and job["state"] == "succeeded":
+            name = job["result"]["model"]
+            if any(m["model"] == name for m in state.pool.loaded()):
+                loop.call_soon_threadsafe(state.spawn, state.pool.reload(name))
+
+    job_id = await asyncio.to_thread(state.jobs.submit, body.kind, request, on_done)
+    return {"id": job_id}
+
+
+def _check_train(state: ServiceState, request: dict[str, Any]) -> None:
+    """The checks that need no simulation, so a bad job fails now, not in the worker."""
+    try:
+        check_name(request["name"])
+    except UserError as e:
+        raise field_error(e, "name") from None
+    if request["estimator"] not in ESTIMATORS:
+        raise ApiError(
+            422, "estimator", f"unknown estimator; expected one of {', '.join(ESTIMATORS)}"
+        )
+    has_simulator, has_data = "simulator" in request, "data" in request
+    if has_simulator == has_data:
+        raise ApiError(
+            422, "simulator", "give either simulator (+ num_simulations) or data (+ prior)"
+        )
+    if has_simulator:
+        if "num_simulations" not in request:
+            raise ApiError(422, "num_simulations", "required with simulator")
+        if request["simulator"] not in list_names(state.store.list_simulators()):
+            raise ApiError(422, "simulator", f"unknown simulator {request['simulator']!r}")
+    else:
+        if "prior" not in request:
+            raise ApiError(422, "prior", "required with data: the prior the simulations came from")
+        try:
+            prior_from_spec(request["prior"])
+        except UserError as e:
+            raise field_error(e, "prior") from None
+
+
+def _check_diagnose(request: dict[str, Any]) -> None:
+    from sbi_service.workflows.diagnose import DiagnoseRequest
+
+    try:
+        DiagnoseRequest.from_dict(request)
+    except UserError as e:
+        raise field_error(e, "body") from None
+    except TypeError as e:
+        raise ApiError(422, "body", f"bad diagnose request: {e}") from None
+
+
+@router.get("/{job_id}", response_model=JobInfo, dependencies=[Depends(read_access)])
+async def get_job(job_id: str, state: ServiceState = Depends(get_state)) -> dict[str, Any]:
+    try:
+        return json_safe(await asyncio.to_thread(state.store.get_job, job_id))
+    except NotFoundError as e:
+        raise field_error(e, "job_id") from None

@@ -1,0 +1,215 @@
+"""Request and response bodies of the REST API (pydantic v2), apart from the logic.
+
+Request bodies are strict (no "5" for 5, no 5.0 for an integer count, no true for a
+number) and forbid unknown fields, so a typo is an error naming the field rather than
+a silently ignored option. Arrays of numbers (observations, parameters) are nested
+JSON lists checked by ``check_numbers``: numbers only (no strings, booleans or
+nulls), finite (JSON's NaN, Infinity and 1e999 are refused), within float32 range,
+rectangular. Their shape against the model is checked by the route.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_NESTING = 6  # array depth: (num_obs, *x_shape) with up to 5 axes per observation
+
+
+def check_numbers(value: Any, field: str) -> np.ndarray:
+    """A nested list of finite numbers -> float32 array; ``ValueError`` names the bad element."""
+    stack: list[tuple[Any, str, int]] = [(value, field, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, list):
+            if depth >= MAX_NESTING:
+                raise ValueError(f"{path} is nested more than {MAX_NESTING} lists deep")
+            if not item:
+                raise ValueError(f"{path} is an empty list")
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))
+        elif isinstance(item, bool) or not isinstance(item, (int, float)):
+            raise ValueError(f"{path} must be a number, got {_type_name(item)}")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{path} is {item}: every value must be finite")
+        elif abs(item) > FLOAT32_MAX:
+            raise ValueError(f"{path} = {item:.3g} is beyond the float32 range (|v| <= 3.4e38)")
+    try:
+        return np.asarray(value, dtype=np.float32)
+    except ValueError:
+        raise ValueError(
+            f"{field} is not a rectangular array: its lists have different lengths"
+        ) from None
+
+
+def _type_name(value: Any) -> str:
+    return {str: "a string", bool: "a boolean", dict: "an object", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+NumberArray = Annotated[
+    list[Any],
+    Field(min_length=1, description="nested lists of finite numbers"),
+]
+
+
+# -- sampling ------------------------------------------------------------------------------
+class SamplesRequest(Strict):
+    observations: NumberArray = Field(
+        description="(num_obs, *x_shape); one observation of shape x_shape is also accepted"
+    )
+    num_samples: int = Field(ge=1, description="posterior draws per observation")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        lt=2**63,
+        description="the same seed gives the same samples; "
+        "without one the server picks a seed and returns it",
+    )
+    version: int | None = Field(None, ge=1, description="model version (default: the latest)")
+    summary: bool = Field(False, description="add mean, std, quantiles and a credible interval")
+    credible_level: float = Field(0.9, gt=0, lt=1, description="probability of the interval")
+    return_samples: bool = Field(True, description="false: the summary only")
+
+    @field_validator("observations")
+    @classmethod
+    def _observations(cls, value: list[Any]) -> list[Any]:
+        check_numbers(value, "observations")
+        return value
+
+
+class Summary(BaseModel):
+    """Per observation and parameter, each entry (num_obs, dim_theta)."""
+
+    mean: list[list[float]]
+    std: list[list[float]]
+    q05: list[list[float]]
+    median: list[list[float]]
+    q95: list[list[float]]
+    credible_interval: dict[str, Any] = Field(
+        description='{"level": p, "low": (num_obs, d), "high": (num_obs, d)}: central interval'
+    )
+
+
+class SamplesResponse(BaseModel):
+    model: str
+    version: int
+    seed: int
+    samples: list[list[list[float]]] | None = Field(
+        None, description="(num_obs, num_samples, dim_theta)"
+    )
+    summary: Summary | None = None
+
+
+class LogProbRequest(Strict):
+    observations: NumberArray = Field(
+        description="(n, *x_shape) paired with the parameters, or one observation for all"
+    )
+    parameters: NumberArray = Field(description="(n, dim_theta)")
+    version: int | None = Field(None, ge=1)
+
+    @field_validator("observations", "parameters")
+    @classmethod
+    def _numbers(cls, value: list[Any], info: Any) -> list[Any]:
+        check_numbers(value, info.field_name)
+        return value
+
+
+class LogProbResponse(BaseModel):
+    model: str
+    version: int
+    log_prob: list[float | None] = Field(
+        description="log q(theta | x) per row; null where theta is outside the prior's support"
+    )
+
+
+# -- models and simulators -----------------------------------------------------------------
+class ModelInfo(BaseModel):
+    model: str
+    version: int
+    versions: list[int]
+    config: dict[str, Any]
+    created_at: float
+    loaded_versions: list[int]
+
+
+class ReloadResponse(BaseModel):
+    model: str
+    version: int
+
+
+class RegisterSimulator(Strict):
+    name: str = Field(description="1-64 letters, digits, '_', '.', '-'")
+    import_path: str = Field(min_length=3, description="package.module:attribute")
+    prior: dict[str, Any] | None = Field(None, description="prior spec, for a bare callable")
+    x_shape: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1)
+
+
+# -- jobs ------------------------------------------------------------------------------------
+class TrainSettings(Strict):
+    batch_size: int = Field(0, ge=0, description="0 picks one from the data size")
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    max_epochs: int = Field(1000, ge=1, le=100_000)
+    patience: int = Field(20, ge=1)
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    max_seconds: float | None = Field(None, gt=0, description="stop training after this long")
+
+
+class TrainJob(Strict):
+    """Train a model (``sbi_service.workflows.train.TrainRequest``)."""
+
+    kind: Literal["train"]
+    name: str
+    estimator: str = "nsf"
+    seed: int = Field(0, ge=0, lt=2**63)
+    simulator: str | None = None
+    num_simulations: int | None = Field(None, ge=10, le=10_000_000)
+    data: str | None = Field(None, description="path of a .npz on the server")
+    prior: dict[str, Any] | None = None
+    estimator_options: dict[str, Any] = Field(default_factory=dict)
+    embedding: dict[str, Any] | None = None
+    train: TrainSettings = Field(default_factory=TrainSettings)
+
+
+class DiagnoseJob(BaseModel):
+    """Diagnose a model: the fields of ``sbi_service.workflows.diagnose.DiagnoseRequest``."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    kind: Literal["diagnose"]
+    model: str
+
+
+JobRequest = Annotated[TrainJob | DiagnoseJob, Field(discriminator="kind")]
+
+
+class JobCreated(BaseModel):
+    id: str
+
+
+class JobInfo(BaseModel):
+    id: str
+    kind: str
+    state: Literal["queued", "running", "succeeded", "failed", "interrupted"]
+    progress: float
+    request: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: float
+    updated_at: float
+
+
+class ErrorItem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    detail: list[ErrorItem]
