@@ -349,6 +349,32 @@ def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         )
 
 
+# -- serve ----------------------------------------------------------------------------
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    batching: Annotated[
+        bool, typer.Option("--batching/--no-batching", help="coalesce requests into batches")
+    ] = True,
+    batch_rows: Annotated[int | None, typer.Option(help="rows per batched pass")] = None,
+    preload: Annotated[
+        list[str] | None, typer.Option(help="model to load and warm before /readyz (repeat)")
+    ] = None,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log")] = False,
+) -> None:
+    """Serve the REST API (settings from SBI_SERVICE_* variables; flags override them)."""
+    from sbi_service.api.server import serve as run_server
+
+    overrides: dict[str, Any] = {"batching": batching}
+    if batch_rows is not None:
+        overrides["batch_rows"] = batch_rows
+    if preload:
+        overrides["preload_models"] = preload
+    settings = get_settings().model_copy(update=overrides)
+    run_server(settings, host, port, access_log)
+
+
 def main() -> None:
     """Console-script entry: user errors become one line on stderr and exit code 2."""
     try:

@@ -1,0 +1,138 @@
+"""``sbi-service serve`` as a real process: SIGTERM drains; a killed server's job is interrupted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from sbi_service.estimators.train import TrainConfig
+from sbi_service.store.db import Store
+from sbi_service.workflows.train import TrainRequest, train_model
+
+PRIOR = {"type": "box_uniform", "low": [-1.0, -1.0], "high": [1.0, 1.0]}
+KEY = "k"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("server")
+    g = torch.Generator().manual_seed(0)
+    theta = torch.rand(2000, 2, generator=g) * 2 - 1
+    x = theta + 0.2 * torch.randn(2000, 2, generator=g)
+    np.savez(folder / "sims.npz", theta=theta.numpy(), x=x.numpy())
+    req = TrainRequest(
+        name="tiny",
+        estimator="nsf",
+        data=folder / "sims.npz",
+        prior=PRIOR,
+        estimator_options={"transforms": 2, "hidden_features": [16, 16]},
+        train=TrainConfig(max_epochs=2, batch_size=256),
+    )
+    train_model(Store(folder / "home"), req)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(home, port: int, *flags: str) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "SBI_SERVICE_HOME": str(home / "home"),
+        "SBI_SERVICE_API_KEYS": KEY,
+        "SBI_SERVICE_RELOAD_INTERVAL_S": "0",
+    }
+    cmd = [sys.executable, "-m", "sbi_service", "serve", "--port", str(port), *flags]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        assert proc.poll() is None, "the server exited"
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the server did not become ready"
+        time.sleep(0.1)
+
+
+def test_sigterm_drains_in_flight_requests(home):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start(home, port, "--preload", "tiny", "--batch-rows", "64")
+    try:
+        wait_ready(url, proc)
+        result: dict = {}
+
+        def slow_request() -> None:
+            body = {"observations": [[0.1, 0.2]], "num_samples": 30_000, "seed": 0}
+            result["r"] = httpx.post(url + "/v1/models/tiny/samples", json=body, timeout=60)
+
+        thread = threading.Thread(target=slow_request)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while "sbi_queue_rows 0.0" in httpx.get(url + "/metrics").text:
+            assert time.monotonic() < deadline, "the request never reached the queue"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        ready = httpx.get(url + "/readyz", timeout=5)
+        assert ready.status_code == 503 and ready.json()["status"] == "draining"
+        assert httpx.get(url + "/healthz", timeout=5).status_code == 200
+        thread.join(60)
+        assert result["r"].status_code == 200
+        assert np.array(result["r"].json()["samples"]).shape == (1, 30_000, 2)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_job_of_a_killed_server_is_interrupted_after_restart(home):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start(home, port)
+    try:
+        wait_ready(url, proc)
+        job = {
+            "kind": "train",
+            "name": "long",
+            "data": str(home / "sims.npz"),
+            "prior": PRIOR,
+            "train": {"max_epochs": 10_000, "patience": 10_000},
+        }
+        r = httpx.post(url + "/v1/jobs", json=job, headers={"X-API-Key": KEY}, timeout=30)
+        assert r.status_code == 202
+        job_id = r.json()["id"]
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/v1/jobs/{job_id}").json()["state"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.kill()  # no graceful shutdown: the job is left "running" in the store
+        proc.wait(10)
+        assert Store(home / "home").get_job(job_id)["state"] == "running"
+        proc = start(home, port)
+        wait_ready(url, proc)
+        info = httpx.get(f"{url}/v1/jobs/{job_id}").json()
+        assert info["state"] == "interrupted" and "submit it again" in info["error"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
