@@ -1,11 +1,23 @@
 """The training loop shared by every estimator family.
 
 Minimizes the mean of ``estimator.loss(theta, x)`` with Adam on shuffled minibatches
-held in memory (no DataLoader: the data are small tensors), keeps a held-out
-validation split, and stops when the validation loss has not improved for
-``patience`` epochs, restoring the best weights. The learning rate follows a
-linear warm-up then decays on plateaus of the validation loss. z-scoring statistics
-are fitted on the training split only.
+held in memory (no DataLoader: the data are small tensors, moved once to the
+estimator's device), keeps a held-out validation split, and stops when the validation
+loss has not improved for ``patience`` epochs, restoring the best weights. z-scoring
+statistics are fitted on the training split only.
+
+Why it is fast (``benchmarks/accuracy.py`` compares it with sbi's default loop on the
+same simulations): each step costs about the same for 100 or 500 rows on a CPU, so
+the batch grows with the data (n_train / 20, clamped to [100, 1000]: ~20 steps per
+epoch), and the learning rate grows with the batch by the square-root rule for Adam,
+
+    lr = learning_rate * sqrt(batch / 128)      (only when the batch size is automatic;
+                                                 a fixed batch_size uses learning_rate as is).
+ The learning rate is held until the validation loss
+stalls for ``plateau_patience`` epochs, then halved (``ReduceLROnPlateau``); training
+stops after ``patience`` epochs without improvement. Validation uses at most
+``max_validation`` rows, evaluated without gradients once per epoch, and losses are
+accumulated on the device (no host synchronization per step).
 """
 
 from __future__ import annotations
@@ -25,21 +37,27 @@ from sbi_service.estimators.base import Estimator
 
 @dataclass
 class TrainConfig:
-    """Optimization settings. ``batch_size=0`` picks one from the data size."""
+    """Optimization settings. ``batch_size=0`` picks the batch (and scales the rate)."""
 
     batch_size: int = 0
     learning_rate: float = 1e-3
-    max_epochs: int = 1000
-    patience: int = 20
+    max_epochs: int = 2000
+    patience: int = 15
+    plateau_patience: int = 5
     validation_fraction: float = 0.1
+    max_validation: int = 10_000
     clip_grad_norm: float = 5.0
     max_seconds: float = math.inf
 
     def resolved_batch_size(self, n_train: int) -> int:
         if self.batch_size > 0:
             return min(self.batch_size, n_train)
-        # ~ 50 to 200 steps per epoch, within [64, 512].
-        return int(min(n_train, max(64, min(512, n_train // 50))))
+        return int(min(n_train, max(100, min(1000, n_train // 20))))
+
+    def resolved_learning_rate(self, batch: int) -> float:
+        if self.batch_size > 0:
+            return self.learning_rate
+        return self.learning_rate * math.sqrt(batch / 128)
 
 
 @dataclass
@@ -70,7 +88,9 @@ def train(
     """Fit ``estimator`` to pairs theta (n, d), x (n, *x_shape); returns what happened.
 
     ``extra_loss(estimator, theta, x) -> scalar`` is added to each training batch's
-    loss (regularizers); validation uses the plain loss.
+    loss (regularizers); validation uses the plain loss. The data are moved to the
+    estimator's device; the split and minibatch order come from a CPU generator seeded
+    by ``seed``, so they are the same on every device.
     """
     config = config or TrainConfig()
     n = theta.shape[0]
@@ -79,17 +99,20 @@ def train(
     n_val = max(1, int(round(n * config.validation_fraction)))
     if n - n_val < 2:
         raise UserError(f"need at least 3 simulations to train, got {n}")
+    device = estimator.theta_loc.device
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # network initialization
+    torch.manual_seed(seed)  # randomness inside losses (noise levels, times)
     perm = torch.randperm(n, generator=g)
-    tr, va = perm[n_val:], perm[:n_val]
-    theta_tr, x_tr, theta_va, x_va = theta[tr], x[tr], theta[va], x[va]
+    tr, va = perm[n_val:], perm[: min(n_val, config.max_validation)]
+    theta_tr, x_tr = theta[tr].to(device), x[tr].to(device)
+    theta_va, x_va = theta[va].to(device), x[va].to(device)
     estimator.fit_standardization(theta_tr, x_tr)
 
-    batch = config.resolved_batch_size(len(tr))
-    optimizer = torch.optim.Adam(estimator.parameters(), lr=config.learning_rate)
+    n_train = len(tr)
+    batch = config.resolved_batch_size(n_train)
+    optimizer = torch.optim.Adam(estimator.parameters(), lr=config.resolved_learning_rate(batch))
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=0.5, patience=max(2, config.patience // 3)
+        optimizer, factor=0.5, patience=config.plateau_patience
     )
     best, best_epoch, best_state = math.inf, 0, copy.deepcopy(estimator.state_dict())
     history: dict[str, list[float]] = {"train_loss": [], "validation_loss": []}
@@ -97,28 +120,28 @@ def train(
     epoch = 0
     for epoch in range(1, config.max_epochs + 1):
         estimator.train()
-        order = torch.randperm(len(tr), generator=g)
-        total, count = 0.0, 0
-        for i in range(0, len(tr), batch):
+        order = torch.randperm(n_train, generator=g).to(device)
+        total = torch.zeros((), device=device)
+        for i in range(0, n_train - batch + 1, batch):  # full batches only
             idx = order[i : i + batch]
             loss = estimator.loss(theta_tr[idx], x_tr[idx]).mean()
-            total += float(loss) * len(idx)
-            count += len(idx)
+            total += loss.detach()
             if extra_loss is not None:
                 loss = loss + extra_loss(estimator, theta_tr[idx], x_tr[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(estimator.parameters(), config.clip_grad_norm)
             optimizer.step()
+        train_loss = float(total) / (n_train // batch)
         val = validation_loss(estimator, theta_va, x_va)
-        history["train_loss"].append(total / count)
+        history["train_loss"].append(train_loss)
         history["validation_loss"].append(val)
-        scheduler.step(val)
         if progress is not None:
-            progress(epoch, total / count, val)
+            progress(epoch, train_loss, val)
         if not math.isfinite(val):
             stopped = "non_finite_loss"
             break
+        scheduler.step(val)
         if val < best:
             best, best_epoch = val, epoch
             best_state = copy.deepcopy(estimator.state_dict())
@@ -142,9 +165,9 @@ def train(
 
 @torch.no_grad()
 def validation_loss(estimator: Estimator, theta: Tensor, x: Tensor, chunk: int = 4096) -> float:
-    """Mean loss over a held-out set, in chunks."""
+    """Mean loss over a held-out set theta (m, d), x (m, *x_shape), in chunks."""
     estimator.eval()
-    total = 0.0
+    total = torch.zeros((), device=theta.device)
     for i in range(0, theta.shape[0], chunk):
-        total += float(estimator.loss(theta[i : i + chunk], x[i : i + chunk]).sum())
-    return total / theta.shape[0]
+        total += estimator.loss(theta[i : i + chunk], x[i : i + chunk]).sum()
+    return float(total) / theta.shape[0]

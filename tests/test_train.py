@@ -1,0 +1,81 @@
+"""The training loop: batch and learning-rate rules, early stopping, seeds, bad input."""
+
+import math
+
+import pytest
+import torch
+
+from sbi_service.errors import UserError
+from sbi_service.estimators.registry import build_estimator
+from sbi_service.estimators.train import TrainConfig, train
+
+
+def _gaussian_data(n: int = 600, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(n, 2, generator=g)
+    x = theta + 0.3 * torch.randn(n, 2, generator=g)
+    return theta, x
+
+
+def _nsf() -> torch.nn.Module:
+    torch.manual_seed(0)  # weights are initialized at construction
+    return build_estimator({"kind": "nsf", "dim_theta": 2, "x_shape": [2], "transforms": 2})
+
+
+def test_batch_size_and_learning_rate_rules() -> None:
+    auto = TrainConfig()
+    assert auto.resolved_batch_size(900) == 100
+    assert auto.resolved_batch_size(9_000) == 450
+    assert auto.resolved_batch_size(90_000) == 1000
+    assert auto.resolved_batch_size(50) == 50
+    assert auto.resolved_learning_rate(512) == pytest.approx(2e-3)
+    fixed = TrainConfig(batch_size=64, learning_rate=3e-4)
+    assert fixed.resolved_batch_size(900) == 64
+    assert fixed.resolved_learning_rate(64) == 3e-4
+
+
+def test_training_lowers_the_loss_and_restores_the_best_epoch() -> None:
+    theta, x = _gaussian_data()
+    est = _nsf()
+    result = train(est, theta, x, TrainConfig(max_epochs=60, patience=5), seed=0)
+    val = result.history["validation_loss"]
+    assert result.best_validation_loss == min(val)
+    assert result.best_validation_loss < val[0]
+    assert result.stopped_because in {"early_stopping", "max_epochs"}
+    if result.stopped_because == "early_stopping":
+        assert result.epochs - result.best_epoch == 5
+    # the restored weights are the best epoch's: the posterior mean tracks x
+    samples = est.sample(torch.tensor([[1.0, -1.0]]), 2000, torch.Generator().manual_seed(0))
+    assert torch.allclose(samples.mean(1), torch.tensor([[0.92, -0.92]]), atol=0.15)
+
+
+def test_same_seed_same_weights() -> None:
+    theta, x = _gaussian_data(200)
+    a, b = _nsf(), _nsf()
+    train(a, theta, x, TrainConfig(max_epochs=3), seed=4)
+    train(b, theta, x, TrainConfig(max_epochs=3), seed=4)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_extra_loss_is_added_and_progress_reported() -> None:
+    theta, x = _gaussian_data(200)
+    calls, seen = [], []
+    train(
+        _nsf(),
+        theta,
+        x,
+        TrainConfig(max_epochs=2),
+        extra_loss=lambda est, t, xx: calls.append(len(t)) or torch.zeros(()),
+        progress=lambda epoch, tl, vl: seen.append((epoch, math.isfinite(tl), math.isfinite(vl))),
+    )
+    assert calls and all(c == calls[0] for c in calls)  # full batches only
+    assert seen == [(1, True, True), (2, True, True)]
+
+
+def test_bad_input_is_a_user_error() -> None:
+    theta, x = _gaussian_data(10)
+    with pytest.raises(UserError, match="paired"):
+        train(_nsf(), theta, x[:5])
+    with pytest.raises(UserError, match="at least 3"):
+        train(_nsf(), theta[:2], x[:2])
