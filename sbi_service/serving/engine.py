@@ -230,7 +230,7 @@ class Engine:
             for fn, future in calls:
                 with torch.inference_mode():
                     _settle(future, fn)
-            self._retire([job for job in self._active if job.future.done()])
+            self._retire([job for job in self._active if job.future.done()])  # cancelled
             if self._active:
                 jobs = self._active if self.batching else self._active[:1]
                 try:
@@ -241,12 +241,16 @@ class Engine:
                     self._retire(jobs)
 
     def _retire(self, jobs: list[SampleJob]) -> None:
-        if not jobs:
-            return
         for job in jobs:
+            self._release(job)
+        if jobs:
+            self._active = [job for job in self._active if not job.finished]
+
+    def _release(self, job: SampleJob) -> None:
+        """Give the job's rows back to the budget (before its client hears back)."""
+        if not job.finished:
             job.finished = True
             self.budget.release(job.rows)
-        self._active = [job for job in self._active if not job.finished]
 
     @torch.inference_mode()
     def _step(self, jobs: list[SampleJob]) -> None:
@@ -310,6 +314,7 @@ class Engine:
         job.have += int(ok.sum())
         job.drawn += theta.shape[0]
         if job.drawn >= job.num_samples and job.have < self.posterior.min_acceptance * job.drawn:
+            self._release(job)
             _resolve(
                 job.future,
                 UserError(
@@ -327,6 +332,7 @@ class Engine:
         if job.obs < job.x.shape[0]:
             self._start_round(job)
             return False
+        self._release(job)
         _resolve(job.future, job.out.numpy())
         return True
 
