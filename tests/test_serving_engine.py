@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from sbi_service.errors import UserError
+from sbi_service.estimators.posterior import Posterior
 from sbi_service.estimators.train import TrainConfig
-from sbi_service.serving import DeadlineExceeded, Metrics, ModelPool, QueueFull
+from sbi_service.serving import DeadlineExceeded, Engine, Metrics, ModelPool, QueueFull, RowBudget
+from sbi_service.simulators.priors import prior_from_spec
 from sbi_service.store.db import Store
 from sbi_service.workflows.models import load_posterior, sample_posterior
 from sbi_service.workflows.train import TrainRequest, train_model
@@ -142,16 +144,18 @@ def test_queue_full_deadline_and_cancellation_release_rows(store):
     run(main())
 
 
-def test_observation_far_outside_fails_with_user_error(store):
-    async def main():
-        pool = ModelPool(store, Metrics())
-        try:
-            await pool.sample("tiny", None, np.array([[50.0, -50.0]], np.float32), 50, 0, 60)
-        finally:
-            pool.close()
-
-    with pytest.raises(UserError, match="inside the prior's support"):
-        run(main())
+def test_draws_outside_the_support_fail_with_user_error(store):
+    # A prior whose support the model never reaches: every draw is rejected.
+    posterior, _ = load_posterior(store, "tiny")
+    far = Posterior(
+        posterior.estimator, prior_from_spec({**PRIOR, "low": [10, 10], "high": [11, 11]})
+    )
+    engine = Engine(far, "far", RowBudget(10_000), Metrics())
+    try:
+        with pytest.raises(UserError, match="inside the prior's support"):
+            run(engine.sample(torch.tensor([[0.0, 0.1]]), 50, 0, 60))
+    finally:
+        engine.close()
 
 
 def test_bad_shape_is_a_user_error(store):
