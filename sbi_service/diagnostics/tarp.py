@@ -57,7 +57,6 @@ def tarp_coverage_values(
     samples, theta = check_shapes(samples, theta)
     loc, scale = theta.mean(0), theta.std(0).clamp_min(1e-12)
     theta_z = (theta - loc) / scale
-    samples_z = (samples - loc) / scale
     if references is None:
         lo, hi = theta_z.min(0).values, theta_z.max(0).values
         u = torch.rand(theta.shape, generator=generator, dtype=theta.dtype).to(theta.device)
@@ -70,9 +69,13 @@ def tarp_coverage_values(
                 f"{tuple(references.shape)}"
             )
         refs_z = (references - loc) / scale
-    sample_dist = torch.linalg.vector_norm(samples_z - refs_z[:, None, :], dim=-1)  # (n, N)
-    theta_dist = torch.linalg.vector_norm(theta_z - refs_z, dim=-1)  # (n,)
-    return (sample_dist < theta_dist[:, None]).float().mean(1)
+    # Squared distances in normalized space, without materializing the normalized samples:
+    # ||(s - r) / scale||^2 with r the reference mapped back to parameter units.
+    refs = refs_z * scale + loc
+    diff = samples - refs[:, None, :]  # (n, N, d)
+    sample_d2 = diff.mul_(1 / scale).square_().sum(-1)  # (n, N)
+    theta_d2 = ((theta_z - refs_z) ** 2).sum(-1)  # (n,)
+    return (sample_d2 < theta_d2[:, None]).float().mean(1)
 
 
 def ecp_curve(coverage: Tensor, num_bins: int) -> tuple[Tensor, Tensor]:
