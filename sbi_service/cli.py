@@ -126,6 +126,12 @@ def train(
     batch_size: Annotated[int, typer.Option(help="0 picks one from the data size")] = 0,
     learning_rate: Annotated[float, typer.Option()] = 1e-3,
     patience: Annotated[int, typer.Option(help="epochs without improvement before stopping")] = 20,
+    fisher_reg: Annotated[
+        float, typer.Option("--fisher-reg", help="BETA of the Fisher regularizer (flows)")
+    ] = 0.0,
+    fisher_mode: Annotated[
+        str, typer.Option("--fisher-mode", help="ema (cheap, every few steps) or full")
+    ] = "ema",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Train a posterior estimator on simulations and store it as a new model version."""
@@ -150,6 +156,8 @@ def train(
             max_epochs=max_epochs,
             patience=patience,
         ),
+        fisher_reg=fisher_reg,
+        fisher_mode=fisher_mode,
     )
     with Progress(
         TextColumn("training"),

@@ -6,9 +6,16 @@ from typing import Any
 
 from sbi_service.errors import UserError
 from sbi_service.estimators.base import Estimator
+from sbi_service.estimators.flow_matching import FlowMatchingEstimator
 from sbi_service.estimators.flows import MAFEstimator, NSFEstimator
+from sbi_service.estimators.score import ScoreEstimator
 
-ESTIMATORS: dict[str, type[Estimator]] = {"nsf": NSFEstimator, "maf": MAFEstimator}
+ESTIMATORS: dict[str, type[Estimator]] = {
+    "nsf": NSFEstimator,
+    "maf": MAFEstimator,
+    "npse": ScoreEstimator,
+    "fmpe": FlowMatchingEstimator,
+}
 
 
 def build_estimator(config: dict[str, Any]) -> Estimator:

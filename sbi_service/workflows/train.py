@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from sbi_service.errors import UserError
+from sbi_service.estimators.fisher import FisherRegularizer, check_fisher_support
 from sbi_service.estimators.io import save_estimator
 from sbi_service.estimators.registry import ESTIMATORS, build_estimator
 from sbi_service.estimators.train import TrainConfig, train
@@ -42,6 +43,8 @@ class TrainRequest:
     estimator_options: dict[str, Any] = field(default_factory=dict)
     embedding: dict[str, Any] | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    fisher_reg: float = 0.0  # beta of the Fisher-information regularizer (flows only)
+    fisher_mode: str = "ema"  # "ema" (cheap, every few steps) or "full" (every step)
 
 
 def package_versions() -> dict[str, str]:
@@ -100,7 +103,13 @@ def train_model(
             **req.estimator_options,
         }
     )
-    result = train(estimator, theta, x, req.train, seed=req.seed, progress=progress)
+    extra_loss = None
+    if req.fisher_reg:
+        check_fisher_support(estimator)
+        extra_loss = FisherRegularizer(req.fisher_reg, req.fisher_mode)
+    result = train(
+        estimator, theta, x, req.train, seed=req.seed, progress=progress, extra_loss=extra_loss
+    )
     if result.best_epoch == 0:
         raise UserError("training diverged (the loss was never finite); check the data for outliers")
     metadata = {
@@ -117,6 +126,8 @@ def train_model(
             "train_seconds": result.train_seconds,
             "stopped_because": result.stopped_because,
             "torch_threads": torch.get_num_threads(),
+            "fisher_reg": req.fisher_reg,
+            "fisher_mode": req.fisher_mode,
         },
         "versions": package_versions(),
         "created_at": time.time(),
