@@ -42,8 +42,8 @@ class TrainConfig:
     batch_size: int = 0
     learning_rate: float = 1e-3
     max_epochs: int = 2000
-    patience: int = 15
-    plateau_patience: int = 5
+    patience: int = 10
+    plateau_patience: int = 3
     validation_fraction: float = 0.1
     max_validation: int = 10_000
     clip_grad_norm: float = 5.0
