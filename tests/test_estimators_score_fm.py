@@ -130,6 +130,8 @@ def test_bad_options_are_user_errors() -> None:
         make("npse", {"sampler": "langevin"})
     with pytest.raises(UserError, match="steps"):
         make("fmpe", {"steps": 0})
+    with pytest.raises(UserError, match="p_std"):
+        make("npse", {"p_std": 0.0})
 
 
 @pytest.mark.parametrize("kind", ["npse", "fmpe"])

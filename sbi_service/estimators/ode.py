@@ -27,7 +27,7 @@ ODE families are not differentiable with respect to theta or x.
 
 Network. ``ConditionedMLP`` maps (y (rows, d), time features (rows, t_dim), context
 (rows, c)) -> (rows, d): an input layer, ``blocks`` pre-activation residual blocks
-each conditioned on an embedding of (context, time) by adding a per-block projection,
+each conditioned on an embedding of (context, time) by a per-block scale and shift (FiLM),
 and a zero-initialized output layer (the field starts at 0).
 """
 
@@ -107,18 +107,23 @@ class FourierTime(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """h -> h + W_2 silu(LN(W_1 silu(h) + P cond)); h (rows, width), cond (rows, width)."""
+    """FiLM-conditioned block: h (rows, width), cond (rows, width) -> (rows, width).
+
+    u = LN(W_1 silu(h)) (1 + gamma) + beta,  [gamma, beta] = P cond  (Perez et al. 2018),
+    h -> h + W_2 silu(u).
+    """
 
     def __init__(self, width: int):
         super().__init__()
         self.lin1 = nn.Linear(width, width)
-        self.cond = nn.Linear(width, width)
+        self.film = nn.Linear(width, 2 * width)
         self.norm = nn.LayerNorm(width)
         self.lin2 = nn.Linear(width, width)
 
     def forward(self, h: Tensor, cond: Tensor) -> Tensor:
-        u = self.lin1(nn.functional.silu(h)) + self.cond(cond)
-        return h + self.lin2(nn.functional.silu(self.norm(u)))
+        gamma, beta = self.film(cond).chunk(2, dim=-1)
+        u = self.norm(self.lin1(nn.functional.silu(h))) * (1 + gamma) + beta
+        return h + self.lin2(nn.functional.silu(u))
 
 
 class ConditionedMLP(nn.Module):

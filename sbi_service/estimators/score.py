@@ -8,12 +8,18 @@ eps ~ N(0, I):
 - ``vp`` (variance preserving, linear beta): alpha_t = exp(-B(t) / 2),
   sigma_t = sqrt(1 - alpha_t^2), B(t) = beta_min t + (beta_max - beta_min) t^2 / 2;
 
-with t ~ U(t_min, 1) during training. Writing y = x_t / alpha_t and s = sigma_t / alpha_t
-(the noise-to-signal ratio) turns either into the same process y = theta + s eps
-(Karras et al. 2022, sec. 2): VE is s = sigma_t, VP is s = sqrt(exp(B(t)) - 1). The
-SDE choice therefore sets the distribution of noise levels s seen in training and the
-range [s_min, s_max] the sampler covers; the network, the ODE and the SDE below are
-written once in (y, s).
+Writing y = x_t / alpha_t and s = sigma_t / alpha_t (the noise-to-signal ratio) turns
+either into the same process y = theta + s eps (Karras et al. 2022, sec. 2): VE is
+s = sigma_t, VP is s = sqrt(exp(B(t)) - 1). The SDE choice therefore sets the range
+[s_min, s_max] = [s(t_min), s(1)] the sampler covers; the network, the ODE and the SDE
+below are written once in (y, s).
+
+Noise levels in training (after Karras et al. 2022, "EDM"): log s ~ N(p_mean, p_std^2),
+clamped to [s_min, s_max], rather than t ~ U(t_min, 1) (log-uniform s for VE), which
+spends much of the training on levels where the loss cannot improve (s far below the
+posterior's width: D = y). The posterior's mean is learned at levels above its width
+and its fine structure below, so the defaults are wider than EDM's (-1.2, 1.2):
+p_mean = -0.5, p_std = 2 put 95% of the levels in [0.012, s_max].
 
 Denoiser and loss (Karras et al. 2022 preconditioning, data std 1 after z-scoring):
 
@@ -89,6 +95,8 @@ class ScoreEstimator(Estimator):
         sigma_max: float = 20.0,
         beta_min: float = 0.1,
         beta_max: float = 20.0,
+        p_mean: float = -0.5,
+        p_std: float = 2.0,
     ):
         super().__init__(dim_theta, x_shape, embedding)
         if sde not in ("ve", "vp"):
@@ -101,6 +109,8 @@ class ScoreEstimator(Estimator):
             raise UserError("npse: need 0 < sigma_min < sigma_max")
         if not 0 < beta_min < beta_max:
             raise UserError("npse: need 0 < beta_min < beta_max")
+        if not p_std > 0:
+            raise UserError(f"npse: p_std must be positive, got {p_std}")
         self._hyper = {
             "sde": sde,
             "hidden": int(hidden),
@@ -111,6 +121,8 @@ class ScoreEstimator(Estimator):
             "sigma_max": float(sigma_max),
             "beta_min": float(beta_min),
             "beta_max": float(beta_max),
+            "p_mean": float(p_mean),
+            "p_std": float(p_std),
         }
         self.sde, self.steps, self.sampler = sde, int(steps), sampler
         if sde == "ve":
@@ -127,14 +139,12 @@ class ScoreEstimator(Estimator):
         return dict(self._hyper)
 
     # -- the diffusion ---------------------------------------------------------------
-    def noise_level(self, t: Tensor | float) -> Tensor | float:
-        """s(t) = sigma_t / alpha_t for t in [t_min, 1] (a float or a tensor of t)."""
+    def noise_level(self, t: float) -> float:
+        """s(t) = sigma_t / alpha_t for t in [t_min, 1]."""
         h = self._hyper
         if self.sde == "ve":
             return h["sigma_min"] * (h["sigma_max"] / h["sigma_min"]) ** t
         big_b = h["beta_min"] * t + 0.5 * (h["beta_max"] - h["beta_min"]) * t**2
-        if isinstance(big_b, Tensor):
-            return torch.sqrt(torch.expm1(big_b))
         return math.sqrt(math.expm1(big_b))
 
     def denoise(self, y: Tensor, s: Tensor | float, context: Tensor) -> Tensor:
@@ -161,9 +171,10 @@ class ScoreEstimator(Estimator):
         gen = None
         if not self.training:
             gen = torch.Generator(device=theta_z.device).manual_seed(VALIDATION_SEED)
-        u = torch.rand(rows, 1, generator=gen, device=theta_z.device, dtype=theta_z.dtype)
+        h = self._hyper
+        u = torch.randn(rows, 1, generator=gen, device=theta_z.device, dtype=theta_z.dtype)
         eps = torch.randn(theta_z.shape, generator=gen, device=theta_z.device, dtype=theta_z.dtype)
-        s = self.noise_level(self.t_min + (1 - self.t_min) * u)
+        s = torch.exp(h["p_mean"] + h["p_std"] * u).clamp(self.s_min, self.s_max)
         y = theta_z + s * eps
         var = s**2 + 1
         f = self.net(y / var.sqrt(), torch.log(s[:, 0]) / 4, context)
