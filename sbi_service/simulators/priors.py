@@ -42,6 +42,16 @@ def _vector(spec: dict, key: str) -> Tensor:
     return t
 
 
+def _loc_scale(spec: dict) -> tuple[Tensor, Tensor]:
+    """Check and return (loc, scale) of an independent location-scale spec, float64."""
+    mu, sd = _vector(spec, "loc"), _vector(spec, "scale")
+    if mu.shape != sd.shape:
+        raise UserError(f"prior: 'loc' has {mu.numel()} entries but 'scale' has {sd.numel()}")
+    if not (sd > 0).all():
+        raise UserError("prior: every 'scale' must be positive")
+    return mu, sd
+
+
 class Prior(ABC):
     """Base class: subclasses set ``dim``, ``spec`` and implement the abstract methods."""
 
@@ -81,7 +91,11 @@ class BoxUniform(Prior):
     bounded = True
 
     def __init__(self, low: list[float], high: list[float]):
-        self.spec = {"type": "box_uniform", "low": list(map(float, low)), "high": list(map(float, high))}
+        self.spec = {
+            "type": "box_uniform",
+            "low": list(map(float, low)),
+            "high": list(map(float, high)),
+        }
         lo, hi = _vector(self.spec, "low"), _vector(self.spec, "high")
         if lo.shape != hi.shape:
             raise UserError(f"prior: 'low' has {lo.numel()} entries but 'high' has {hi.numel()}")
@@ -117,12 +131,12 @@ class Normal(Prior):
     """Independent normals N(loc_i, scale_i^2)."""
 
     def __init__(self, loc: list[float], scale: list[float]):
-        self.spec = {"type": "normal", "loc": list(map(float, loc)), "scale": list(map(float, scale))}
-        mu, sd = _vector(self.spec, "loc"), _vector(self.spec, "scale")
-        if mu.shape != sd.shape:
-            raise UserError(f"prior: 'loc' has {mu.numel()} entries but 'scale' has {sd.numel()}")
-        if not (sd > 0).all():
-            raise UserError("prior: every 'scale' must be positive")
+        self.spec = {
+            "type": "normal",
+            "loc": list(map(float, loc)),
+            "scale": list(map(float, scale)),
+        }
+        mu, sd = _loc_scale(self.spec)
         self.loc, self.scale = mu.float(), sd.float()
         self.dim = mu.numel()
 
@@ -156,7 +170,9 @@ class MultivariateNormal(Prior):
         try:
             cov = torch.tensor(self.spec["covariance_matrix"], dtype=torch.float64)
         except (TypeError, ValueError) as e:
-            raise UserError(f"prior: 'covariance_matrix' must be a square list of lists ({e})") from None
+            raise UserError(
+                f"prior: 'covariance_matrix' must be a square list of lists ({e})"
+            ) from None
         d = mu.numel()
         if cov.shape != (d, d):
             raise UserError(
@@ -204,11 +220,7 @@ class LogNormal(Prior):
             "loc": list(map(float, loc)),
             "scale": list(map(float, scale)),
         }
-        mu, sd = _vector(self.spec, "loc"), _vector(self.spec, "scale")
-        if mu.shape != sd.shape:
-            raise UserError(f"prior: 'loc' has {mu.numel()} entries but 'scale' has {sd.numel()}")
-        if not (sd > 0).all():
-            raise UserError("prior: every 'scale' must be positive")
+        mu, sd = _loc_scale(self.spec)
         self.loc, self.scale = mu.float(), sd.float()
         self.dim = mu.numel()
         self._mean = torch.exp(mu + sd**2 / 2)
@@ -278,5 +290,7 @@ def load_prior(path: Path) -> Prior:
     except FileNotFoundError:
         raise UserError(f"prior file {path} does not exist") from None
     except json.JSONDecodeError as e:
-        raise UserError(f"prior file {path} is not valid JSON: {e.msg} at line {e.lineno}") from None
+        raise UserError(
+            f"prior file {path} is not valid JSON: {e.msg} at line {e.lineno}"
+        ) from None
     return prior_from_spec(spec)
