@@ -66,7 +66,9 @@ def simulators_list(as_json: Annotated[bool, typer.Option("--json")] = False) ->
             typer.echo(f"{t['name']:<24} cannot load: {t['error']}")
         else:
             shape = "x".join(map(str, t["x_shape"]))
-            typer.echo(f"{t['name']:<24} theta {t['dim_theta']:>3}  x {shape:>5}  {t['description']}")
+            typer.echo(
+                f"{t['name']:<24} theta {t['dim_theta']:>3}  x {shape:>5}  {t['description']}"
+            )
 
 
 @simulators_app.command("register")
@@ -122,10 +124,10 @@ def train(
     prior: Annotated[Path | None, typer.Option(help="PRIOR.json, with --data")] = None,
     embedding: Annotated[str | None, typer.Option(help='JSON, e.g. {"kind": "mlp"}')] = None,
     options: Annotated[str | None, typer.Option(help="JSON estimator settings")] = None,
-    max_epochs: Annotated[int, typer.Option()] = 1000,
-    batch_size: Annotated[int, typer.Option(help="0 picks one from the data size")] = 0,
-    learning_rate: Annotated[float, typer.Option()] = 1e-3,
-    patience: Annotated[int, typer.Option(help="epochs without improvement before stopping")] = 20,
+    max_epochs: Annotated[int | None, typer.Option(help="default: the training loop's")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="default: from the data size")] = None,
+    learning_rate: Annotated[float | None, typer.Option()] = None,
+    patience: Annotated[int | None, typer.Option(help="epochs without improvement")] = None,
     fisher_reg: Annotated[
         float, typer.Option("--fisher-reg", help="BETA of the Fisher regularizer (flows)")
     ] = 0.0,
@@ -151,10 +153,12 @@ def train(
         embedding=_json_option(embedding, "--embedding"),
         estimator_options=_json_option(options, "--options") or {},
         train=TrainConfig(
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            max_epochs=max_epochs,
-            patience=patience,
+            **_given(
+                batch_size=batch_size,
+                learning_rate=learning_rate,
+                max_epochs=max_epochs,
+                patience=patience,
+            )
         ),
         fisher_reg=fisher_reg,
         fisher_mode=fisher_mode,
@@ -167,7 +171,7 @@ def train(
         console=err,
         disable=not err.is_terminal,
     ) as bar:
-        task_id = bar.add_task("train", total=max_epochs, info="")
+        task_id = bar.add_task("train", total=req.train.max_epochs, info="")
 
         def progress(epoch: int, train_loss: float, val_loss: float) -> None:
             bar.update(task_id, completed=epoch, info=f"train {train_loss:.3f}  val {val_loss:.3f}")
@@ -181,6 +185,11 @@ def train(
             f"{summary['train_seconds']:.1f}s, {summary['epochs']} epochs, "
             f"best validation loss {summary['best_validation_loss']:.4f}"
         )
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user set (``None`` means: keep the library's default)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _json_option(value: str | None, flag: str) -> dict | None:
@@ -227,7 +236,9 @@ def sample(
     if as_json:
         _print_json({"model": model, "version": record["version"], "out": str(out_file), **summary})
         return
-    out.print(f"{model} v{record['version']}: {samples.shape[1]} samples for {len(samples)} observations -> {out_file}")
+    out.print(
+        f"{model} v{record['version']}: {samples.shape[1]} samples for {len(samples)} observations -> {out_file}"
+    )
     for i, (m, s) in enumerate(zip(summary["mean"], summary["std"], strict=True)):
         cells = "  ".join(f"{a:+.3f}±{b:.3f}" for a, b in zip(m, s, strict=True))
         out.print(f"  obs {i}: {cells}")

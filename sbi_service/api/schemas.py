@@ -155,11 +155,13 @@ class RegisterSimulator(Strict):
 
 # -- jobs ------------------------------------------------------------------------------------
 class TrainSettings(Strict):
-    batch_size: int = Field(0, ge=0, description="0 picks one from the data size")
-    learning_rate: float = Field(1e-3, gt=0, le=1)
-    max_epochs: int = Field(1000, ge=1, le=100_000)
-    patience: int = Field(20, ge=1)
-    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    """Overrides of ``TrainConfig``; a field left out keeps the training loop's default."""
+
+    batch_size: int | None = Field(None, ge=0, description="0 picks one from the data size")
+    learning_rate: float | None = Field(None, gt=0, le=1)
+    max_epochs: int | None = Field(None, ge=1, le=100_000)
+    patience: int | None = Field(None, ge=1)
+    validation_fraction: float | None = Field(None, gt=0, lt=1)
     max_seconds: float | None = Field(None, gt=0, description="stop training after this long")
 
 
