@@ -59,7 +59,9 @@ class Posterior:
         return x
 
     @torch.no_grad()
-    def sample(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, x: Tensor, num_samples: int, generator: torch.Generator | None = None
+    ) -> Tensor:
         """x (batch, *x_shape) -> samples (batch, num_samples, d) inside the prior's support."""
         if num_samples < 1:
             raise UserError(f"num_samples must be at least 1, got {num_samples}")
@@ -77,23 +79,42 @@ class Posterior:
         accepted: list[Tensor] = []
         have, drawn = 0, 0
         while have < num_samples:
-            need = num_samples - have
-            # After the first round, draw in proportion to the acceptance seen so far.
-            rate = have / drawn if drawn else 1.0
-            rows = need if drawn == 0 else min(int(math.ceil(1.2 * need / max(rate, 1e-3))), 10**6)
+            rows = self.round_size(num_samples - have, have, drawn)
             noise = draw_noise(rows, self.dim_theta, generator, context.device)
             theta = self.estimator.decode(noise, context.expand(rows, -1)).cpu()
-            ok = self.prior.in_support(theta) & torch.isfinite(theta).all(-1)
+            ok = self.accept(theta)
             accepted.append(theta[ok])
             have += int(ok.sum())
             drawn += rows
-            if drawn >= num_samples and have < self.min_acceptance * drawn:
-                raise UserError(
-                    f"observation {index}: only {have} of {drawn} posterior draws fall inside the "
-                    "prior's support; the observation is probably far from anything the model "
-                    "was trained on (check it, or retrain with more simulations)"
-                )
+            self.check_acceptance(have, drawn, num_samples, index)
         return torch.cat(accepted)[:num_samples]
+
+    # The steps of the rejection sampler, shared with the serving engine so that both
+    # consume a request's noise in exactly the same way.
+    def round_size(self, need: int, have: int, drawn: int) -> int:
+        """Rows to draw in the next round when ``need`` more draws must be accepted.
+
+        First round: ``need`` for an unbounded prior; for a bounded one 10% + 8 more, so
+        that the few rejections of a good model rarely cost a second round. Later rounds:
+        in proportion to the acceptance seen so far.
+        """
+        if drawn == 0:
+            return int(math.ceil(1.1 * need)) + 8 if self.prior.bounded else need
+        rate = max(have / drawn, 1e-3)
+        return min(int(math.ceil(1.2 * need / rate)), 10**6)
+
+    def accept(self, theta: Tensor) -> Tensor:
+        """theta (rows, d) -> (rows,) bool: finite and inside the prior's support."""
+        return self.prior.in_support(theta) & torch.isfinite(theta).all(-1)
+
+    def check_acceptance(self, have: int, drawn: int, num_samples: int, index: int) -> None:
+        """Raise a ``UserError`` when almost nothing is accepted (see the module docstring)."""
+        if drawn >= num_samples and have < self.min_acceptance * drawn:
+            raise UserError(
+                f"observation {index}: only {have} of {drawn} posterior draws fall inside the "
+                "prior's support; the observation is probably far from anything the model "
+                "was trained on (check it, or retrain with more simulations)"
+            )
 
     def log_prob(self, theta: Tensor, x: Tensor) -> Tensor:
         """log q(theta | x) for paired rows, -inf outside the prior's support, (batch,).

@@ -299,30 +299,22 @@ class Engine:
 
     def _start_round(self, job: SampleJob) -> None:
         """Draw this round's noise exactly as ``Posterior._sample_one`` does."""
-        need = job.num_samples - job.have
-        # After the first round, draw in proportion to the acceptance seen so far.
-        rate = job.have / job.drawn if job.drawn else 1.0
-        rows = need if job.drawn == 0 else min(int(math.ceil(1.2 * need / max(rate, 1e-3))), 10**6)
+        rows = self.posterior.round_size(job.num_samples - job.have, job.have, job.drawn)
         job.noise = draw_noise(rows, self.posterior.dim_theta, job.generator)
         job.next_row, job.decoded, job.decoded_rows = 0, [], 0
 
     def _end_round(self, job: SampleJob) -> bool:
         """Accept the round's draws inside the support; True when the job is finished."""
         theta = torch.cat(job.decoded)
-        ok = self.posterior.prior.in_support(theta) & torch.isfinite(theta).all(-1)
+        ok = self.posterior.accept(theta)
         job.accepted.append(theta[ok])
         job.have += int(ok.sum())
         job.drawn += theta.shape[0]
-        if job.drawn >= job.num_samples and job.have < self.posterior.min_acceptance * job.drawn:
+        try:
+            self.posterior.check_acceptance(job.have, job.drawn, job.num_samples, job.obs)
+        except UserError as e:
             self._release(job)
-            _resolve(
-                job.future,
-                UserError(
-                    f"observation {job.obs}: only {job.have} of {job.drawn} posterior draws fall "
-                    "inside the prior's support; the observation is probably far from anything "
-                    "the model was trained on (check it, or retrain with more simulations)"
-                ),
-            )
+            _resolve(job.future, e)
             return True
         if job.have < job.num_samples:
             self._start_round(job)
