@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--estimator", default="nsf")
     ap.add_argument("--observations", type=int, default=10)
     ap.add_argument("--num-samples", type=int, default=10_000)
-    ap.add_argument("--c2st-method", default="sbibm", choices=["sbibm", "early_stopping"])
+    ap.add_argument("--c2st-method", default="early_stopping", choices=["sbibm", "early_stopping"])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)

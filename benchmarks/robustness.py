@@ -42,17 +42,16 @@ from sbi_service.workflows.train import TrainRequest, train_model
 EPSILONS = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
-def evaluate(store: Store, name: str, task_name: str, args: argparse.Namespace) -> dict:
+def evaluate(store: Store, name: str, x: torch.Tensor, references: list[torch.Tensor],
+             args: argparse.Namespace) -> dict:
+    """Attack ``name`` on test observations x (k, dim_x); C2ST against ``references``."""
     posterior, _ = load_posterior(store, name)
-    task = get_task(task_name)
-    _, x = simulate(task, max(args.num_attack_obs, args.num_c2st_obs), seed=999)
     attack = adversarial_robustness(
         posterior.estimator, x[: args.num_attack_obs], torch.Generator().manual_seed(0),
         epsilons=EPSILONS,
     )  # fmt: skip
     scores = []
-    for i in range(args.num_c2st_obs):
-        reference = sample_reference_posterior(task, x[i], 2000, seed=i)
+    for i, reference in enumerate(references):
         samples = posterior.sample(x[i : i + 1], 2000, torch.Generator().manual_seed(i))[0]
         scores.append(c2st(reference.numpy(), samples.numpy(), seed=i, method="early_stopping"))
     k = EPSILONS.index(0.5)
@@ -78,6 +77,12 @@ def main() -> None:
     store = Store(Path(tempfile.mkdtemp()))
 
     for task_name in args.tasks:
+        task = get_task(task_name)
+        _, x = simulate(task, max(args.num_attack_obs, args.num_c2st_obs), seed=999)
+        # The reference posteriors (MCMC for slcp) are shared by every model of the task.
+        references = [
+            sample_reference_posterior(task, x[i], 2000, seed=i) for i in range(args.num_c2st_obs)
+        ]
         rows = []
         for beta in [0.0, *args.betas]:
             name = f"{task_name}_beta{beta:g}"
@@ -90,7 +95,7 @@ def main() -> None:
                     train=TrainConfig(max_seconds=args.max_train_seconds),
                 ),
             )  # fmt: skip
-            result = evaluate(store, name, task_name, args)
+            result = evaluate(store, name, x, references, args)
             result["beta"], result["seconds"] = beta, time.perf_counter() - start
             rows.append(result)
             print(f"  {task_name} beta={beta:g} done in {result['seconds']:.0f}s", flush=True)

@@ -94,6 +94,7 @@ def train_model(
     if req.estimator not in ESTIMATORS:
         raise UserError(f"unknown estimator {req.estimator!r}; expected one of {', '.join(ESTIMATORS)}")
     theta, x, prior, provenance = load_training_data(store, req)
+    torch.manual_seed(req.seed)  # the network's initial weights
     estimator = build_estimator(
         {
             "kind": req.estimator,
