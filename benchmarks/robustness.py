@@ -42,8 +42,13 @@ from sbi_service.workflows.train import TrainRequest, train_model
 EPSILONS = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
-def evaluate(store: Store, name: str, x: torch.Tensor, references: list[torch.Tensor],
-             args: argparse.Namespace) -> dict:
+def evaluate(
+    store: Store,
+    name: str,
+    x: torch.Tensor,
+    references: list[torch.Tensor],
+    args: argparse.Namespace,
+) -> dict:
     """Attack ``name`` on test observations x (k, dim_x); C2ST against ``references``."""
     posterior, _ = load_posterior(store, name)
     attack = adversarial_robustness(

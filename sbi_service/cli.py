@@ -237,7 +237,8 @@ def sample(
         _print_json({"model": model, "version": record["version"], "out": str(out_file), **summary})
         return
     out.print(
-        f"{model} v{record['version']}: {samples.shape[1]} samples for {len(samples)} observations -> {out_file}"
+        f"{model} v{record['version']}: {samples.shape[1]} samples for {len(samples)} "
+        f"observations -> {out_file}"
     )
     for i, (m, s) in enumerate(zip(summary["mean"], summary["std"], strict=True)):
         cells = "  ".join(f"{a:+.3f}±{b:.3f}" for a, b in zip(m, s, strict=True))

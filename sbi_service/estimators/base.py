@@ -112,7 +112,9 @@ class Estimator(nn.Module, ABC):
         return self.from_z(self._decode_z(noise, context))
 
     @torch.no_grad()
-    def sample(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, x: Tensor, num_samples: int, generator: torch.Generator | None = None
+    ) -> Tensor:
         """x (batch, *x_shape) -> samples (batch, num_samples, d), no support check."""
         context = self.embed(x)
         # Noise is drawn observation by observation, as Posterior.sample and the server do,

@@ -75,18 +75,32 @@ class NSFEstimator(FlowEstimator):
     kind = "nsf"
     flow_class = zuko.flows.NSF
 
-    def __init__(self, dim_theta: int, x_shape: tuple[int, ...], embedding: dict | None = None,
-                 transforms: int = 5, hidden_features: list[int] = (64, 64),
-                 passes: int | None = None, bins: int = 8):
-        super().__init__(dim_theta, x_shape, embedding, transforms, hidden_features, passes,
-                         bins=int(bins))
+    def __init__(
+        self,
+        dim_theta: int,
+        x_shape: tuple[int, ...],
+        embedding: dict | None = None,
+        transforms: int = 5,
+        hidden_features: list[int] = (64, 64),
+        passes: int | None = None,
+        bins: int = 8,
+    ):
+        super().__init__(
+            dim_theta, x_shape, embedding, transforms, hidden_features, passes, bins=int(bins)
+        )
 
 
 class MAFEstimator(FlowEstimator):
     kind = "maf"
     flow_class = zuko.flows.MAF
 
-    def __init__(self, dim_theta: int, x_shape: tuple[int, ...], embedding: dict | None = None,
-                 transforms: int = 5, hidden_features: list[int] = (64, 64),
-                 passes: int | None = None):
+    def __init__(
+        self,
+        dim_theta: int,
+        x_shape: tuple[int, ...],
+        embedding: dict | None = None,
+        transforms: int = 5,
+        hidden_features: list[int] = (64, 64),
+        passes: int | None = None,
+    ):
         super().__init__(dim_theta, x_shape, embedding, transforms, hidden_features, passes)

@@ -25,7 +25,8 @@ class Posterior:
     def __init__(self, estimator: Estimator, prior: Prior, min_acceptance: float = 1e-3):
         if prior.dim != estimator.dim_theta:
             raise UserError(
-                f"the prior has dimension {prior.dim} but the estimator models {estimator.dim_theta} parameters"
+                f"the prior has dimension {prior.dim} but the estimator models "
+                f"{estimator.dim_theta} parameters"
             )
         self.estimator, self.prior, self.min_acceptance = estimator, prior, min_acceptance
 

@@ -3,7 +3,7 @@
     {"type": "box_uniform", "low": [...], "high": [...]}
     {"type": "normal", "loc": [...], "scale": [...]}                       # independent
     {"type": "multivariate_normal", "loc": [...], "covariance_matrix": [[...]]}
-    {"type": "lognormal", "loc": [...], "scale": [...]}    # independent: log theta ~ N(loc, scale^2)
+    {"type": "lognormal", "loc": [...], "scale": [...]}    # log theta ~ N(loc, scale^2)
 
 Every prior has ``dim``, ``sample(n, generator) -> (n, dim)``,
 ``log_prob(theta (n, dim)) -> (n,)`` (``-inf`` outside the support),
@@ -176,7 +176,8 @@ class MultivariateNormal(Prior):
         d = mu.numel()
         if cov.shape != (d, d):
             raise UserError(
-                f"prior: 'covariance_matrix' has shape {tuple(cov.shape)}, expected ({d}, {d}) to match 'loc'"
+                f"prior: 'covariance_matrix' has shape {tuple(cov.shape)}, "
+                f"expected ({d}, {d}) to match 'loc'"
             )
         if not torch.allclose(cov, cov.T):
             raise UserError("prior: 'covariance_matrix' must be symmetric")

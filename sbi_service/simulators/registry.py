@@ -40,13 +40,18 @@ def _as_task(obj: Any, name: str, source: str) -> Task:
     if callable(obj) and not isinstance(obj, Task):
         obj = obj()
     if not isinstance(obj, Task):
-        raise UserError(f"simulator {name!r} from {source} is not a Task (got {type(obj).__name__})")
+        raise UserError(
+            f"simulator {name!r} from {source} is not a Task (got {type(obj).__name__})"
+        )
     obj.source = source
     return obj
 
 
 def task_from_import_path(name: str, spec: dict[str, Any]) -> Task:
-    """Resolve a stored registration {"import_path": "mod:attr", "prior"?: {...}, "x_shape"?: [...]}."""
+    """Resolve a stored registration.
+
+    ``spec`` is {"import_path": "mod:attr", "prior"?: {...}, "x_shape"?: [...]}.
+    """
     path = spec.get("import_path", "")
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:

@@ -108,11 +108,15 @@ def load_simulations(path: Path) -> tuple[Tensor, Tensor]:
         raise UserError(f"{path}: 'x' must be (N, dim_x), got shape {x.shape}")
     if theta.shape[0] != x.shape[0]:
         raise UserError(
-            f"{path}: 'theta' has {theta.shape[0]} rows but 'x' has {x.shape[0]}: they must be paired"
+            f"{path}: 'theta' has {theta.shape[0]} rows but 'x' has {x.shape[0]}: "
+            "they must be paired"
         )
     if not (np.issubdtype(theta.dtype, np.number) and np.issubdtype(x.dtype, np.number)):
         raise UserError(f"{path}: 'theta' and 'x' must be numeric arrays")
-    theta_t, x_t = torch.as_tensor(theta, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32)
+    theta_t, x_t = (
+        torch.as_tensor(theta, dtype=torch.float32),
+        torch.as_tensor(x, dtype=torch.float32),
+    )
     for name, t in (("theta", theta_t), ("x", x_t)):
         bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(-1)
         if bad.any():

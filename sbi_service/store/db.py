@@ -136,7 +136,13 @@ class Store:
                 os.rename(tmp, final)
                 db.execute(
                     "INSERT INTO model_versions VALUES (?, ?, ?, ?, ?)",
-                    (model, version, str(final.relative_to(self.home)), json.dumps(config), time.time()),
+                    (
+                        model,
+                        version,
+                        str(final.relative_to(self.home)),
+                        json.dumps(config),
+                        time.time(),
+                    ),
                 )
         finally:
             if tmp.exists():

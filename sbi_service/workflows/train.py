@@ -57,7 +57,9 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def load_training_data(store: Store, req: TrainRequest) -> tuple[torch.Tensor, torch.Tensor, Prior, dict]:
+def load_training_data(
+    store: Store, req: TrainRequest
+) -> tuple[torch.Tensor, torch.Tensor, Prior, dict]:
     """Check the request and return theta (n, d), x (n, *x_shape), the prior and provenance."""
     if (req.simulator is None) == (req.data is None):
         raise UserError("give either --simulator with --num-simulations, or --data with --prior")
@@ -66,22 +68,36 @@ def load_training_data(store: Store, req: TrainRequest) -> tuple[torch.Tensor, t
             raise UserError("--simulator needs --num-simulations")
         task = get_task(req.simulator, store.list_simulators())
         theta, x = simulate(task, req.num_simulations, req.seed)
-        return theta, x, task.prior, {"simulator": task.name, "num_simulations": req.num_simulations}
+        return (
+            theta,
+            x,
+            task.prior,
+            {"simulator": task.name, "num_simulations": req.num_simulations},
+        )
     if req.prior is None:
-        raise UserError("--data needs --prior PRIOR.json (the prior the simulations were drawn from)")
+        raise UserError(
+            "--data needs --prior PRIOR.json (the prior the simulations were drawn from)"
+        )
     prior = prior_from_spec(req.prior)
     theta, x = load_simulations(req.data)
     if theta.shape[1] != prior.dim:
         raise UserError(
-            f"the prior has dimension {prior.dim} but theta in {req.data} has {theta.shape[1]} columns"
+            f"the prior has dimension {prior.dim} but theta in {req.data} has "
+            f"{theta.shape[1]} columns"
         )
     outside = int((~prior.in_support(theta)).sum())
     if outside:
         raise UserError(
-            f"{outside} of {theta.shape[0]} theta rows in {req.data} lie outside the prior's support: "
+            f"{outside} of {theta.shape[0]} theta rows in {req.data} lie outside the prior's "
+            "support: "
             "was the prior file written for this data?"
         )
-    return theta, x, prior, {"simulator": None, "data": str(req.data), "num_simulations": len(theta)}
+    return (
+        theta,
+        x,
+        prior,
+        {"simulator": None, "data": str(req.data), "num_simulations": len(theta)},
+    )
 
 
 def train_model(
@@ -92,7 +108,9 @@ def train_model(
     """Simulate or load, train, save as the next version of ``req.name``; returns a summary."""
     check_name(req.name)
     if req.estimator not in ESTIMATORS:
-        raise UserError(f"unknown estimator {req.estimator!r}; expected one of {', '.join(ESTIMATORS)}")
+        raise UserError(
+            f"unknown estimator {req.estimator!r}; expected one of {', '.join(ESTIMATORS)}"
+        )
     theta, x, prior, provenance = load_training_data(store, req)
     torch.manual_seed(req.seed)  # the network's initial weights
     estimator = build_estimator(
@@ -112,7 +130,9 @@ def train_model(
         estimator, theta, x, req.train, seed=req.seed, progress=progress, extra_loss=extra_loss
     )
     if result.best_epoch == 0:
-        raise UserError("training diverged (the loss was never finite); check the data for outliers")
+        raise UserError(
+            "training diverged (the loss was never finite); check the data for outliers"
+        )
     metadata = {
         "prior": prior.spec,
         "dim_theta": prior.dim,
