@@ -28,7 +28,7 @@ def test_batch_size_and_learning_rate_rules() -> None:
     assert auto.resolved_batch_size(9_000) == 450
     assert auto.resolved_batch_size(90_000) == 1000
     assert auto.resolved_batch_size(50) == 50
-    assert auto.resolved_learning_rate(512) == pytest.approx(2e-3)
+    assert auto.resolved_learning_rate(512) == pytest.approx(6e-4)
     fixed = TrainConfig(batch_size=64, learning_rate=3e-4)
     assert fixed.resolved_batch_size(900) == 64
     assert fixed.resolved_learning_rate(64) == 3e-4
