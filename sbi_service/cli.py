@@ -232,7 +232,9 @@ def sample(
     if plot is not None:
         from sbi_service.diagnostics.plots import pair_plot
 
-        pair_plot(samples[: min(4, len(samples))], plot, title=f"{model} v{record['version']}")
+        shown = samples[:4]
+        pair_plot(shown, plot, title=f"{model} v{record['version']}",
+                  set_labels=[f"observation {i}" for i in range(len(shown))])  # fmt: skip
     if as_json:
         _print_json({"model": model, "version": record["version"], "out": str(out_file), **summary})
         return

@@ -18,10 +18,12 @@ def pair_plot(
     truth: np.ndarray | None = None,
     title: str = "",
     max_dims: int = 6,
+    set_labels: list[str] | None = None,
 ) -> Path:
     """Corner plot of samples (N, d): histograms on the diagonal, scatter below.
 
-    Several sample sets can be overlaid by passing (k, N, d); ``truth`` (d,) is marked.
+    Several sample sets can be overlaid by passing (k, N, d), named in a legend by
+    ``set_labels``; ``truth`` (d,) is marked.
     """
     s = np.asarray(samples)
     sets = s[None] if s.ndim == 2 else s
@@ -50,6 +52,9 @@ def pair_plot(
                 ax.set_xlabel(labels[j])
             if j == 0 and i > 0:
                 ax.set_ylabel(labels[i])
+    if set_labels:
+        handles = [plt.Line2D([], [], color=colors[k % len(colors)]) for k in range(len(sets))]
+        fig.legend(handles, set_labels, loc="upper right", frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
