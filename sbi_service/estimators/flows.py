@@ -26,10 +26,15 @@ from sbi_service.estimators.base import Estimator
 
 
 class FlowEstimator(Estimator):
-    """A zuko flow conditioned on the embedded observation."""
+    """A zuko flow conditioned on the embedded observation.
+
+    Subclasses name the zuko class and the defaults of its own options (e.g. ``bins``);
+    any further keyword is passed to zuko and recorded in ``config``.
+    """
 
     kind = "flow"
     flow_class: type = zuko.flows.NSF
+    flow_defaults: dict[str, Any] = {}
 
     def __init__(
         self,
@@ -42,6 +47,7 @@ class FlowEstimator(Estimator):
         **flow_kwargs: Any,
     ):
         super().__init__(dim_theta, x_shape, embedding)
+        flow_kwargs = {**self.flow_defaults, **flow_kwargs}
         self._hyper = {
             "transforms": int(transforms),
             "hidden_features": [int(h) for h in hidden_features],
@@ -72,35 +78,15 @@ class FlowEstimator(Estimator):
 
 
 class NSFEstimator(FlowEstimator):
+    """Neural spline flow: ``bins`` rational-quadratic bins per transform (default 8)."""
+
     kind = "nsf"
     flow_class = zuko.flows.NSF
-
-    def __init__(
-        self,
-        dim_theta: int,
-        x_shape: tuple[int, ...],
-        embedding: dict | None = None,
-        transforms: int = 5,
-        hidden_features: list[int] = (64, 64),
-        passes: int | None = None,
-        bins: int = 8,
-    ):
-        super().__init__(
-            dim_theta, x_shape, embedding, transforms, hidden_features, passes, bins=int(bins)
-        )
+    flow_defaults = {"bins": 8}
 
 
 class MAFEstimator(FlowEstimator):
+    """Masked autoregressive flow with affine transforms."""
+
     kind = "maf"
     flow_class = zuko.flows.MAF
-
-    def __init__(
-        self,
-        dim_theta: int,
-        x_shape: tuple[int, ...],
-        embedding: dict | None = None,
-        transforms: int = 5,
-        hidden_features: list[int] = (64, 64),
-        passes: int | None = None,
-    ):
-        super().__init__(dim_theta, x_shape, embedding, transforms, hidden_features, passes)
