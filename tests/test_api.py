@@ -15,39 +15,15 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from tiny_model import PRIOR, make_data, train_tiny
 
 from sbi_service.api.server import build_server
 from sbi_service.config import Settings
-from sbi_service.estimators.train import TrainConfig
 from sbi_service.store.db import Store
 from sbi_service.workflows.models import load_posterior, sample_posterior
-from sbi_service.workflows.train import TrainRequest, train_model
 
-PRIOR = {"type": "box_uniform", "low": [-1.0, -1.0], "high": [1.0, 1.0]}
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def make_data(folder) -> str:
-    g = torch.Generator().manual_seed(0)
-    theta = torch.rand(1000, 2, generator=g) * 2 - 1
-    x = theta + 0.2 * torch.randn(1000, 2, generator=g)
-    path = folder / "sims.npz"
-    np.savez(path, theta=theta.numpy(), x=x.numpy())
-    return str(path)
-
-
-def train_tiny(home, data: str, seed: int = 0) -> dict:
-    req = TrainRequest(
-        name="tiny",
-        estimator="nsf",
-        seed=seed,
-        data=data,
-        prior=PRIOR,
-        estimator_options={"transforms": 2, "hidden_features": [16, 16]},
-        train=TrainConfig(max_epochs=2, batch_size=256),
-    )
-    return train_model(Store(home), req)
 
 
 @contextmanager
@@ -82,8 +58,8 @@ def wait_ready(client: httpx.Client, seconds: float = 30) -> None:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     folder = tmp_path_factory.mktemp("api")
-    data = make_data(folder)
-    train_tiny(folder / "home", data)
+    data = str(make_data(folder))
+    train_tiny(Store(folder / "home"), data)
     return folder, data
 
 
@@ -387,7 +363,8 @@ def test_hot_reload_of_a_new_version(env, tmp_path):
         before = c.post("/v1/models/tiny/samples", json=samples_body(OBS[:1], 5, 0)).json()
         latest = Store(folder / "home").get_model_version("tiny")["version"]
         assert before["version"] == latest
-        train_tiny(folder / "home", data, seed=latest + 1)  # a new version appears in the store
+        # A new version appears in the store.
+        train_tiny(Store(folder / "home"), data, seed=latest + 1)
         r = c.post("/v1/models/tiny/reload", headers=AUTH)
         assert r.status_code == 200 and r.json()["version"] == latest + 1
         after = c.post("/v1/models/tiny/samples", json=samples_body(OBS[:1], 5, 0)).json()

@@ -13,32 +13,17 @@ import time
 import httpx
 import numpy as np
 import pytest
-import torch
+from tiny_model import PRIOR, make_data, train_tiny
 
-from sbi_service.estimators.train import TrainConfig
 from sbi_service.store.db import Store
-from sbi_service.workflows.train import TrainRequest, train_model
 
-PRIOR = {"type": "box_uniform", "low": [-1.0, -1.0], "high": [1.0, 1.0]}
 KEY = "k"
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
-    g = torch.Generator().manual_seed(0)
-    theta = torch.rand(2000, 2, generator=g) * 2 - 1
-    x = theta + 0.2 * torch.randn(2000, 2, generator=g)
-    np.savez(folder / "sims.npz", theta=theta.numpy(), x=x.numpy())
-    req = TrainRequest(
-        name="tiny",
-        estimator="nsf",
-        data=folder / "sims.npz",
-        prior=PRIOR,
-        estimator_options={"transforms": 2, "hidden_features": [16, 16]},
-        train=TrainConfig(max_epochs=2, batch_size=256),
-    )
-    train_model(Store(folder / "home"), req)
+    train_tiny(Store(folder / "home"), make_data(folder, n=2000))
     return folder
 
 

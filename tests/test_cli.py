@@ -10,25 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sbi_service.cli import main
-
 TINY = ["--max-epochs", "3"]
 
 
-def run_cli(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sbi-service", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.fixture
-def cli(capsys, monkeypatch, home):
-    return lambda *args: run_cli(capsys, monkeypatch, *args)
+def cli(run_cli, home):
+    return run_cli
 
 
 def store_snapshot(home):

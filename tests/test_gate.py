@@ -9,14 +9,12 @@ sets (at most one false alarm in ten), fail it on data from a different simulato
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from sbi_service.cli import main
 from sbi_service.estimators.train import TrainConfig
 from sbi_service.simulators.base import Task
 from sbi_service.simulators.priors import Normal
@@ -56,17 +54,6 @@ def trained(tmp_path_factory):
     get_settings.cache_clear()
 
 
-def run_cli(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sbi-service", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_false_alarms_on_fresh_test_sets(trained) -> None:
     """The default gate (TARP + SBC) on 10 fresh test sets from a well-trained model."""
     alarms = []
@@ -81,10 +68,10 @@ def test_false_alarms_on_fresh_test_sets(trained) -> None:
     assert len(alarms) <= 1, alarms
 
 
-def test_cli_pass_writes_report_and_junit(trained, tmp_path, capsys, monkeypatch) -> None:
+def test_cli_pass_writes_report_and_junit(trained, tmp_path, run_cli) -> None:
     report_dir, junit = tmp_path / "report", tmp_path / "junit.xml"
     code, out, err = run_cli(
-        capsys, monkeypatch, "diagnose", "toy", "--tarp", "--sbc", "--coverage",
+        "diagnose", "toy", "--tarp", "--sbc", "--coverage",
         "--num-simulations", "200", "--num-posterior-samples", "300", "--seed", "3",
         "--report", str(report_dir), "--junit", str(junit), "--json",
     )  # fmt: skip
@@ -110,7 +97,7 @@ def test_cli_pass_writes_report_and_junit(trained, tmp_path, capsys, monkeypatch
     assert xml.count("<testcase") == 4 and "<failure" not in xml
 
 
-def test_cli_fails_on_data_from_another_simulator(trained, tmp_path, capsys, monkeypatch) -> None:
+def test_cli_fails_on_data_from_another_simulator(trained, tmp_path, run_cli) -> None:
     """x simulated with 3x the noise: the model's posterior is overconfident -> exit 1."""
     g = torch.Generator().manual_seed(7)
     theta = torch.randn(300, 2, generator=g)
@@ -119,7 +106,7 @@ def test_cli_fails_on_data_from_another_simulator(trained, tmp_path, capsys, mon
     np.savez(data, theta=theta.numpy(), x=x.numpy())
     junit = tmp_path / "junit.xml"
     code, out, _ = run_cli(
-        capsys, monkeypatch, "diagnose", "toy", "--data", str(data), "--seed", "0",
+        "diagnose", "toy", "--data", str(data), "--seed", "0",
         "--num-posterior-samples", "300", "--report", str(tmp_path / "r"), "--junit", str(junit),
     )  # fmt: skip
     assert code == 1
@@ -130,7 +117,7 @@ def test_cli_fails_on_data_from_another_simulator(trained, tmp_path, capsys, mon
 
 
 @pytest.mark.parametrize("problem", ["missing_model", "bad_shape", "both_sources"])
-def test_cli_broken_gate_exits_3(trained, tmp_path, capsys, monkeypatch, problem) -> None:
+def test_cli_broken_gate_exits_3(trained, tmp_path, problem, run_cli) -> None:
     data = tmp_path / "bad.npz"
     np.savez(data, theta=np.zeros((50, 3), np.float32), x=np.zeros((50, 2), np.float32))
     args = {
@@ -140,7 +127,7 @@ def test_cli_broken_gate_exits_3(trained, tmp_path, capsys, monkeypatch, problem
     }[problem]
     junit = tmp_path / "junit.xml"
     code, _, err = run_cli(
-        capsys, monkeypatch, "diagnose", *args, "--seed", "0", "--report", str(tmp_path / "r"),
+        "diagnose", *args, "--seed", "0", "--report", str(tmp_path / "r"),
         "--junit", str(junit),
     )  # fmt: skip
     assert code == 3, err

@@ -7,46 +7,19 @@ served samples must equal ``sample_posterior`` with the same seed, whatever the 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 
 import numpy as np
 import pytest
 import torch
+from tiny_model import PRIOR, make_data, train_tiny
 
 from sbi_service.errors import UserError
 from sbi_service.estimators.posterior import Posterior
-from sbi_service.estimators.train import TrainConfig
 from sbi_service.serving import DeadlineExceeded, Engine, Metrics, ModelPool, QueueFull, RowBudget
 from sbi_service.simulators.priors import prior_from_spec
 from sbi_service.store.db import Store
 from sbi_service.workflows.models import load_posterior, sample_posterior
-from sbi_service.workflows.train import TrainRequest, train_model
-
-PRIOR = {"type": "box_uniform", "low": [-1.0, -1.0], "high": [1.0, 1.0]}
-
-
-def train_tiny(store: Store, data, name: str = "tiny", seed: int = 0) -> dict:
-    req = TrainRequest(
-        name=name,
-        estimator="nsf",
-        seed=seed,
-        data=data,
-        prior=PRIOR,
-        estimator_options={"transforms": 2, "hidden_features": [16, 16]},
-        train=TrainConfig(max_epochs=2, batch_size=256),
-    )
-    return train_model(store, req)
-
-
-def make_data(folder) -> object:
-    g = torch.Generator().manual_seed(0)
-    theta = torch.rand(1000, 2, generator=g) * 2 - 1
-    x = theta + 0.2 * torch.randn(1000, 2, generator=g)
-    path = folder / "sims.npz"
-    np.savez(path, theta=theta.numpy(), x=x.numpy())
-    (folder / "prior.json").write_text(json.dumps(PRIOR))
-    return path
 
 
 @pytest.fixture(scope="module")
