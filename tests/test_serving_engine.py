@@ -68,7 +68,9 @@ def test_concurrent_requests_equal_sequential_samples(store, batching):
     if batching:
         assert within_100 == passes  # no pass over the budget of 97 rows
     if batching:
-        assert total / passes > 1.5  # requests shared passes
+        # Requests shared passes (unbatched it is exactly 1). First rounds of a bounded
+        # prior are oversampled, so fewer requests fit the 97-row budget than rows asked.
+        assert total / passes > 1.25
     else:
         assert within_100 < passes  # a whole round of a request in one pass
         assert total == passes  # one request per pass
