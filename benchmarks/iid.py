@@ -42,11 +42,15 @@ from sbi_service.simulators.registry import get_task
 from sbi_service.simulators.simulate import simulate
 
 
+def analytic_moments(x_set: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Mean (10,) float64 and per-dimension std of the posterior given x_set (n, 10)."""
+    n = x_set.shape[0]
+    return x_set.double().sum(0) / (n + 1), (0.1 / (n + 1)) ** 0.5
+
+
 def analytic_posterior(x_set: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
     """Samples (num, 10) of the gaussian_linear posterior given x_set (n, 10)."""
-    n = x_set.shape[0]
-    mean = x_set.double().sum(0) / (n + 1)
-    std = (0.1 / (n + 1)) ** 0.5
+    mean, std = analytic_moments(x_set)
     eps = torch.randn(num, x_set.shape[1], generator=generator, dtype=torch.float64)
     return (mean + std * eps).float()
 
@@ -113,8 +117,8 @@ def main() -> None:
                     samples = sample_iid(est, task.prior, x_set, args.samples, g, method=method)
                 seconds += time.perf_counter() - start
                 scores.append(c2st(ref, samples, seed=0, method="early_stopping"))
-                std = (0.1 / (n + 1)) ** 0.5
-                errors.append(float(((samples.mean(0) - x_set.sum(0) / (n + 1)) / std).norm()))
+                mean, std = analytic_moments(x_set)
+                errors.append(float(((samples.double().mean(0) - mean) / std).norm()))
             row = (n, method, np.mean(scores), np.mean(errors), seconds / args.repeats)
             rows.append(row)
             print(f"n={n:<3} {method:<8} C2ST {row[2]:.3f}  mean error {row[3]:.2f}", flush=True)
