@@ -34,6 +34,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +105,23 @@ def reference_samples(task: Task, x_o: torch.Tensor, k: int, cache: Path) -> np.
     return samples
 
 
-def fit_and_sample(
-    kind: str, task: Task, theta: torch.Tensor, x: torch.Tensor, x_obs: torch.Tensor, seed: int
-) -> tuple[float, list[np.ndarray], dict[str, Any]]:
-    """Train one estimator; returns (train seconds, samples per observation, extras)."""
+@dataclass
+class Fitted:
+    """One trained estimator: training wall-clock seconds, table extras, and its posterior.
+
+    ``sample(x_obs, n)``: x_obs (K, *x_shape) -> K arrays (n, d), restricted to the prior's
+    support; ``log_prob(theta, x)``: theta (m, d), x (m, *x_shape) -> (m,), the estimator's
+    own density (no correction for mass outside the prior's support).
+    """
+
+    seconds: float
+    extras: dict[str, Any]
+    sample: Callable[[torch.Tensor, int], list[np.ndarray]]
+    log_prob: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def fit(kind: str, task: Task, theta: torch.Tensor, x: torch.Tensor, seed: int) -> Fitted:
+    """Train one estimator (ours by registry name, or ``sbi``) on exactly (theta, x)."""
     if kind == "sbi":
         from sbi.inference import NPE
 
@@ -115,15 +130,20 @@ def fit_and_sample(
         )
         torch.manual_seed(seed)
         start, cpu_start = time.perf_counter(), time.process_time()
-        inference.append_simulations(theta, x).train()
+        net = inference.append_simulations(theta, x).train()
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         posterior = inference.build_posterior()
-        samples = [
-            posterior.sample((NUM_POSTERIOR_SAMPLES,), x=x_o, show_progress_bars=False).numpy()
-            for x_o in x_obs
-        ]
-        extras = {"epochs": int(inference._summary["epochs_trained"][-1])}
-        return seconds, samples, {"train_cpu_seconds": round(cpu, 2), **extras}
+        return Fitted(
+            seconds=seconds,
+            extras={
+                "train_cpu_seconds": round(cpu, 2),
+                "epochs": int(inference._summary["epochs_trained"][-1]),
+            },
+            sample=lambda x_obs, n: [
+                posterior.sample((n,), x=x_o, show_progress_bars=False).numpy() for x_o in x_obs
+            ],
+            log_prob=lambda t, xs: net.log_prob(t[None], condition=xs)[0],
+        )
     estimator = build_estimator(
         {"kind": kind, "dim_theta": task.prior.dim, "x_shape": list(task.x_shape)}
     )
@@ -131,13 +151,18 @@ def fit_and_sample(
     result = train(estimator, theta, x, seed=seed)
     cpu = time.process_time() - cpu_start
     posterior = Posterior(estimator, task.prior)
-    draws = posterior.sample(x_obs, NUM_POSTERIOR_SAMPLES, torch.Generator().manual_seed(seed))
-    extras = {
-        "train_cpu_seconds": round(cpu, 2),
-        "epochs": result.epochs,
-        "stopped_because": result.stopped_because,
-    }
-    return result.train_seconds, [d.numpy() for d in draws], extras
+    return Fitted(
+        seconds=result.train_seconds,
+        extras={
+            "train_cpu_seconds": round(cpu, 2),
+            "epochs": result.epochs,
+            "stopped_because": result.stopped_because,
+        },
+        sample=lambda x_obs, n: [
+            d.numpy() for d in posterior.sample(x_obs, n, torch.Generator().manual_seed(seed))
+        ],
+        log_prob=estimator.log_prob,
+    )
 
 
 def write_tables(out: Path) -> None:
@@ -231,7 +256,8 @@ def main() -> None:
             ]
             theta, x = simulate(task, n, args.seed)
             for kind in args.estimators:
-                seconds, samples, extras = fit_and_sample(kind, task, theta, x, x_obs, args.seed)
+                fitted = fit(kind, task, theta, x, args.seed)
+                samples = fitted.sample(x_obs, NUM_POSTERIOR_SAMPLES)
                 scores = [
                     c2st(ref, s, seed=k, method=args.c2st_method)
                     for k, (ref, s) in enumerate(zip(refs, samples, strict=True))
@@ -243,12 +269,12 @@ def main() -> None:
                     "c2st_mean": float(np.mean(scores)),
                     "c2st_std": float(np.std(scores)),
                     "c2st": [round(s, 4) for s in scores],
-                    "train_seconds": round(seconds, 2),
+                    "train_seconds": round(fitted.seconds, 2),
                     "num_observations": len(scores),
                     "c2st_method": args.c2st_method,
                     "torch_threads": args.threads,
                     "seed": args.seed,
-                    **extras,
+                    **fitted.extras,
                 }
                 print(json.dumps(row), flush=True)
                 with open(args.out / "accuracy.jsonl", "a") as f:
