@@ -144,6 +144,7 @@ def fit(kind: str, task: Task, theta: torch.Tensor, x: torch.Tensor, seed: int) 
             ],
             log_prob=lambda t, xs: net.log_prob(t[None], condition=xs)[0],
         )
+    torch.manual_seed(seed)  # the network's initial weights, as sbi's above
     estimator = build_estimator(
         {"kind": kind, "dim_theta": task.prior.dim, "x_shape": list(task.x_shape)}
     )

@@ -1,9 +1,9 @@
 """Where a C2ST gap on gaussian_linear comes from: the posterior's mean and spread, or its shape.
 
-gaussian_linear has the analytic posterior p(theta | x) = N(x / 2, 0.05 I) (10-d), so each
-estimator q trained by ``benchmarks/accuracy.py``'s ``fit`` on the same 10^4 simulations
-can be scored without a classifier, on K observations (the 10 benchmark observations,
-then prior-predictive ones):
+gaussian_linear has the analytic posterior p(theta | x) = N(x / 2, 0.05 I) (10-d,
+``posterior_mean_std``), so each estimator q trained by ``benchmarks/accuracy.py``'s
+``fit`` on the same 10^4 simulations can be scored without a classifier, on K
+observations (the 10 benchmark observations, then prior-predictive ones):
 
 - exact C2ST: the accuracy of the Bayes-optimal classifier between equally many draws of
   p and q, 0.5 + TV(p, q) / 2, with TV(p, q) = E_p[(1 - q / p)_+] estimated from M draws of
@@ -23,18 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from accuracy import fit
+from accuracy import Fitted, fit
 
 from sbi_service.simulators.observations import benchmark_observations
 from sbi_service.simulators.simulate import simulate
 from sbi_service.simulators.tasks import BUILTIN_TASKS
+from sbi_service.simulators.tasks.gaussian_linear import posterior_mean_std
 
-POSTERIOR_VAR = 0.05  # 0.1 * 0.1 / (0.1 + 0.1): prior and noise variance 0.1
 M = 4000
 
 
@@ -43,27 +42,26 @@ def bayes_c2st(log_q: torch.Tensor, log_p: torch.Tensor) -> float:
     return 0.5 + 0.5 * float(torch.clamp(1 - torch.exp(log_q - log_p), min=0).mean())
 
 
-def scores(fitted, x_obs: torch.Tensor, seed: int) -> np.ndarray:
+def scores(fitted: Fitted, x_obs: torch.Tensor, seed: int) -> np.ndarray:
     """(K, 4): exact C2ST, Gaussian-part C2ST, mean error (sds), sd ratio per observation."""
     g = torch.Generator().manual_seed(seed)
-    sd, dim = math.sqrt(POSTERIOR_VAR), x_obs.shape[1]
     draws = fitted.sample(x_obs, M)
     rows = []
     for x_o, s in zip(x_obs, draws, strict=True):
-        p = torch.distributions.MultivariateNormal(x_o / 2, POSTERIOR_VAR * torch.eye(dim))
-        theta = x_o / 2 + sd * torch.randn(M, dim, generator=g)
+        mean, std = posterior_mean_std(x_o)
+        p = torch.distributions.Normal(mean, std)
+        theta = mean + std * torch.randn(M, len(mean), generator=g, dtype=torch.float64)
         with torch.no_grad():
-            log_q = fitted.log_prob(theta, x_o.expand(M, dim))
+            log_q = fitted.log_prob(theta.float(), x_o.expand(M, -1)).double()
         s = torch.as_tensor(s, dtype=torch.float64)
         m, cov = s.mean(0), torch.cov(s.T)
-        gauss = torch.distributions.MultivariateNormal(m, cov)
-        log_p = p.log_prob(theta)
+        log_p = p.log_prob(theta).sum(-1)
         rows.append(
             [
-                bayes_c2st(log_q.double(), log_p.double()),
-                bayes_c2st(gauss.log_prob(theta.double()), log_p.double()),
-                float(((m - x_o / 2).abs() / sd).mean()),
-                float((cov.diagonal().sqrt() / sd).mean()),
+                bayes_c2st(log_q, log_p),
+                bayes_c2st(torch.distributions.MultivariateNormal(m, cov).log_prob(theta), log_p),
+                float(((m - mean).abs() / std).mean()),
+                float((cov.diagonal().sqrt() / std).mean()),
             ]
         )
     return np.array(rows)
