@@ -40,17 +40,12 @@ from sbi_service.estimators.registry import build_estimator
 from sbi_service.estimators.train import TrainConfig, train
 from sbi_service.simulators.registry import get_task
 from sbi_service.simulators.simulate import simulate
-
-
-def analytic_moments(x_set: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Mean (10,) float64 and per-dimension std of the posterior given x_set (n, 10)."""
-    n = x_set.shape[0]
-    return x_set.double().sum(0) / (n + 1), (0.1 / (n + 1)) ** 0.5
+from sbi_service.simulators.tasks.gaussian_linear import posterior_mean_std
 
 
 def analytic_posterior(x_set: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
     """Samples (num, 10) of the gaussian_linear posterior given x_set (n, 10)."""
-    mean, std = analytic_moments(x_set)
+    mean, std = posterior_mean_std(x_set)
     eps = torch.randn(num, x_set.shape[1], generator=generator, dtype=torch.float64)
     return (mean + std * eps).float()
 
@@ -117,7 +112,7 @@ def main() -> None:
                     samples = sample_iid(est, task.prior, x_set, args.samples, g, method=method)
                 seconds += time.perf_counter() - start
                 scores.append(c2st(ref, samples, seed=0, method="early_stopping"))
-                mean, std = analytic_moments(x_set)
+                mean, std = posterior_mean_std(x_set)
                 errors.append(float(((samples.double().mean(0) - mean) / std).norm()))
             row = (n, method, np.mean(scores), np.mean(errors), seconds / args.repeats)
             rows.append(row)

@@ -51,11 +51,17 @@ def log_likelihood(theta: Tensor, x_o: Tensor) -> Tensor:
 
 
 def posterior_mean_std(x_o: Tensor) -> tuple[Tensor, Tensor]:
-    """The analytic posterior's mean ``(10,)`` and standard deviation ``(10,)``, float64."""
-    x_o = x_o64(x_o, DIM)
-    shrink = PRIOR_VAR / (PRIOR_VAR + NOISE_VAR)
-    std = math.sqrt(PRIOR_VAR * NOISE_VAR / (PRIOR_VAR + NOISE_VAR))
-    return shrink * x_o, torch.full((DIM,), std, dtype=torch.float64)
+    """The analytic posterior's mean ``(10,)`` and standard deviation ``(10,)``, float64.
+
+    ``x_o`` is one observation ``(10,)`` or n i.i.d. observations ``(n, 10)``: precision
+    ``1 / a + n / b``, mean ``sum_j x_j / b`` over the precision.
+    """
+    x_set = torch.as_tensor(x_o).detach().to("cpu", torch.float64)
+    if x_set.ndim != 2 or x_set.shape[1] != DIM:
+        x_set = x_o64(x_set, DIM)[None]
+    precision = 1 / PRIOR_VAR + x_set.shape[0] / NOISE_VAR
+    mean = x_set.sum(0) / NOISE_VAR / precision
+    return mean, torch.full((DIM,), precision**-0.5, dtype=torch.float64)
 
 
 def reference_posterior(
