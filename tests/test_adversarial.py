@@ -1,9 +1,10 @@
 """PGD attacks against an analytic estimator whose worst case is known in closed form.
 
-q(theta | x) = N(a x_z, s^2 I) with x_z = x / x_scale (identity embedding). A
-perturbation delta = x_scale * delta_z shifts the mean by a delta_z, so
+q(theta | x) = N(a x_z, s^2 I) with x_z = t(x) / x_scale (identity embedding; t = log
+on log-standardized features). A perturbation delta_z of x_z shifts the mean by
+a delta_z, so
 
-    KL(q(.|x) || q(.|x+delta)) = a^2 ||delta_z||^2 / (2 s^2),
+    KL(q(.|x) || q(.|x_adv)) = a^2 ||delta_z||^2 / (2 s^2),
 
 maximized on the ball by any delta_z of full norm: a^2 eps^2 / (2 s^2) for L2 and
 a^2 eps^2 d / (2 s^2) for L-infinity (a corner).
@@ -25,9 +26,10 @@ A, S, DIM = 1.5, 0.5, 3
 class LinearGaussian(Estimator):
     kind = "linear_gaussian_test"
 
-    def __init__(self) -> None:
+    def __init__(self, log_x: bool = False) -> None:
         super().__init__(dim_theta=DIM, x_shape=(DIM,))
         self.x_scale.fill_(2.0)  # attacks are measured in units of x_scale
+        self.x_log.fill_(log_x)  # ... of log x: relative changes of x
 
     def hyperparameters(self) -> dict:
         return {}
@@ -43,14 +45,18 @@ class LinearGaussian(Estimator):
         return A * context + S * noise
 
 
+@pytest.mark.parametrize("log_x", [False, True])
 @pytest.mark.parametrize("norm", ["l2", "linf"])
-def test_pgd_reaches_the_analytic_worst_case(norm: str) -> None:
-    est = LinearGaussian()
+def test_pgd_reaches_the_analytic_worst_case(norm: str, log_x: bool) -> None:
+    est = LinearGaussian(log_x)
     x = torch.randn(20, DIM, generator=torch.Generator().manual_seed(0))
+    if log_x:
+        x = x.exp()
     g = torch.Generator().manual_seed(1)
     eps = 0.5
-    delta = pgd_attack(est, x, eps, norm, g)
-    delta_z = delta / est.x_scale
+    x_adv = pgd_attack(est, x, eps, norm, g)
+    transform = torch.log if log_x else (lambda v: v)
+    delta_z = (transform(x_adv) - transform(x)) / est.x_scale
     if norm == "l2":
         assert (delta_z.norm(dim=1) <= eps + 1e-5).all()
         assert (delta_z.norm(dim=1) > 0.99 * eps).all()

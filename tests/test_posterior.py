@@ -65,3 +65,22 @@ def test_prior_and_estimator_dimensions_must_agree():
         Posterior(
             _estimator(), prior_from_spec({"type": "normal", "loc": [0, 0, 0], "scale": [1, 1, 1]})
         )
+
+
+def test_wide_positive_features_are_standardized_in_log():
+    est = build_estimator({"kind": "maf", "dim_theta": 2, "x_shape": [3], "transforms": 1})
+    g = torch.Generator().manual_seed(0)
+    wide = torch.exp(3 * torch.randn(500, generator=g))  # spans many decades
+    narrow = 10 + torch.rand(500, generator=g)  # positive, but within a factor 1.1
+    signed = torch.randn(500, generator=g)
+    x = torch.stack([wide, narrow, signed], 1)
+    est.fit_standardization(torch.randn(500, 2, generator=g), x)
+    assert est.x_log.tolist() == [True, False, False]
+    x_z = est.standardize_x(x)
+    assert torch.allclose(x_z.mean(0), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(x_z.std(0), torch.ones(3), atol=1e-4)
+    assert torch.allclose(est.unstandardize_x(x_z), x, rtol=1e-4, atol=1e-5)
+    post = Posterior(est, prior_from_spec({"type": "normal", "loc": [0, 0], "scale": [1, 1]}))
+    assert post.check_observations([1e-3, -1.0, -5.0]).shape == (1, 3)
+    with pytest.raises(UserError, match=r"values <= 0 \(rows \[1\]\) .* indices \[0\]"):
+        post.check_observations([[1.0, 10.0, 0.0], [0.0, 10.0, 0.0]])

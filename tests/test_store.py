@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from sbi_service.errors import NotFoundError, UserError
 from sbi_service.estimators.io import load_estimator, save_estimator
@@ -37,6 +38,19 @@ def test_save_load_round_trip_gives_identical_seeded_samples(tmp_path, kind):
     b = Posterior(loaded, prior).sample(x, 50, torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
     assert torch.allclose(est.log_prob(a[:, 0], x), loaded.log_prob(a[:, 0], x))
+
+
+def test_a_model_saved_before_log_standardization_still_loads(tmp_path):
+    est = _estimator()
+    save_estimator(tmp_path / "m", est, {"prior": PRIOR})
+    weights = tmp_path / "m" / "weights.safetensors"
+    state = load_file(str(weights))
+    del state["x_log"]
+    save_file(state, str(weights))
+    loaded, _ = load_estimator(tmp_path / "m")
+    assert not loaded.x_log.any()
+    x = torch.randn(4, 3)
+    assert torch.equal(loaded.embed(x), est.embed(x))
 
 
 def test_versions_increment_and_latest(tmp_path):

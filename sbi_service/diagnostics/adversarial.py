@@ -3,12 +3,14 @@
 Following Glöckler, Deistler and Macke (2023, arXiv:2305.14984): find a perturbation
 delta of the observation, within an epsilon-ball, that maximizes
 
-    KL(q(. | x) || q(. | x + delta)) = E_{theta ~ q(.|x)} [log q(theta|x) - log q(theta|x+delta)],
+    KL(q(. | x) || q(. | x_adv)) = E_{theta ~ q(.|x)} [log q(theta|x) - log q(theta|x_adv)],
 
 estimated by Monte Carlo with S draws theta_s ~ q(.|x) held fixed during the attack;
 the estimate is differentiable in delta through ``log_prob``. The ball is measured
-in units of each data dimension's standard deviation (the estimator's ``x_scale``
-buffer, fitted on the training data): delta = x_scale * delta_z with
+in the estimator's standardized coordinates x_z (``Estimator.standardize_x``: each
+data dimension in units of its training standard deviation, of log x on the
+log-standardized features, where a step is then a relative change of x): the attacked
+observation is x_adv = unstandardize(x_z + delta_z) with
 
     L2:    ||delta_z||_2 <= eps        L-inf: max_k |delta_z,k| <= eps.
 
@@ -74,11 +76,11 @@ def pgd_attack(
     num_steps: int = 10,
     num_samples: int = 32,
 ) -> Tensor:
-    """The perturbation delta (n, *x_shape), in data units, that PGD found; see module doc."""
+    """The attacked observations x_adv (n, *x_shape) that PGD found; see the module doc."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     theta_s, log_q = _draw(estimator, x, num_samples, generator)
-    scale = estimator.x_scale
+    x_z = estimator.standardize_x(x)
     init = torch.rand(x.shape, generator=generator).to(x.device) * 2 - 1
     if norm == "linf":
         delta = init * eps
@@ -90,7 +92,7 @@ def pgd_attack(
     for _ in range(num_steps + 1):
         delta = delta.detach().requires_grad_(True)
         with torch.enable_grad():
-            kl = monte_carlo_kl(estimator, theta_s, log_q, x + delta * scale)
+            kl = monte_carlo_kl(estimator, theta_s, log_q, estimator.unstandardize_x(x_z + delta))
             (grad,) = torch.autograd.grad(kl.sum(), delta)
         better = kl.detach() > best_kl
         best_kl = torch.where(better, kl.detach(), best_kl)
@@ -101,7 +103,7 @@ def pgd_attack(
             flat = grad.reshape(grad.shape[0], -1)
             direction = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).reshape(grad.shape)
         delta = _project(delta.detach() + step * direction, eps, norm)
-    return best * scale
+    return estimator.unstandardize_x(x_z + best)
 
 
 def adversarial_robustness(
@@ -131,10 +133,10 @@ def adversarial_robustness(
     for norm in norms:
         means, medians = [], []
         for eps in epsilons:
-            delta = pgd_attack(estimator, x, eps, norm, generator, num_steps, num_samples)
+            x_adv = pgd_attack(estimator, x, eps, norm, generator, num_steps, num_samples)
             theta_s, log_q = _draw(estimator, x, num_eval_samples, generator)
             with torch.no_grad():
-                kl = monte_carlo_kl(estimator, theta_s, log_q, x + delta)
+                kl = monte_carlo_kl(estimator, theta_s, log_q, x_adv)
             means.append(float(kl.mean()))
             medians.append(float(kl.median()))
         curves[norm] = {"mean_kl": means, "median_kl": medians}

@@ -9,8 +9,8 @@ measures that (KL(q(.|x) || q(.|x + dx)) ≈ dx^T F(x) dx / 2), so training adds
 
     beta * tr F(x) = beta * E_{theta ~ q(theta|x)} || grad_x log q(theta|x) ||^2
 
-to the loss. Gradients are taken with respect to the *standardized* x_z = (x - x_loc) /
-x_scale the networks see, so beta does not depend on the units of x.
+to the loss. Gradients are taken with respect to the *standardized* x_z (``Estimator.standardize_x``)
+the networks see, so beta does not depend on the units of x.
 
 Estimator (``FisherRegularizer.__call__(estimator, theta, x) -> scalar``), on a training
 batch x (B, *x_shape):
@@ -55,7 +55,7 @@ def fisher_trace(
     m = x.shape[0]
     with torch.no_grad():
         theta = estimator.sample(x, samples).reshape(m * samples, estimator.dim_theta)
-    x_z = (x - estimator.x_loc) / estimator.x_scale
+    x_z = estimator.standardize_x(x)
     # one row per (observation, sample), so each row's gradient is one sample's
     x_rows = x_z.detach().repeat_interleave(samples, dim=0).requires_grad_(True)
     log_q = estimator.log_prob_context(theta, estimator.embedding(x_rows))

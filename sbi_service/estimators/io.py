@@ -43,5 +43,7 @@ def load_estimator(folder: Path, device: str | torch.device = "cpu") -> tuple[Es
     config = read_config(folder)
     estimator = build_estimator(config["estimator"])
     state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+    # models saved before log-standardization existed read every feature linearly
+    state.setdefault("x_log", torch.zeros_like(estimator.x_log))
     estimator.load_state_dict(state)
     return estimator.to(device).eval(), config

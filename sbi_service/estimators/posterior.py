@@ -57,6 +57,16 @@ class Posterior:
         if bad.any():
             rows = bad.nonzero().flatten().tolist()[:5]
             raise UserError(f"{what} contain NaN or inf (rows {rows}): every value must be finite")
+        log_x = self.estimator.x_log.cpu()
+        bad = ((x <= 0) & log_x).reshape(x.shape[0], -1).any(-1)
+        if bad.any():
+            rows = bad.nonzero().flatten().tolist()[:5]
+            features = log_x.flatten().nonzero().flatten().tolist()[:10]
+            raise UserError(
+                f"{what} have values <= 0 (rows {rows}) in features the model reads in log "
+                f"scale (flattened indices {features}: positive in every training "
+                "simulation); give positive values there"
+            )
         return x
 
     @torch.no_grad()

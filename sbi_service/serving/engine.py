@@ -196,8 +196,8 @@ class Engine:
         return await asyncio.wrap_future(self.call(fn))
 
     def warm(self, rows: int = 256) -> None:
-        """One forward pass at the training mean of x, so the first request pays no set-up."""
-        x = self.estimator.x_loc.unsqueeze(0)
+        """One forward pass at the training centre of x, so the first request pays no set-up."""
+        x = self.estimator.unstandardize_x(torch.zeros_like(self.estimator.x_loc)).unsqueeze(0)
         self.call(lambda: self.estimator.sample(x, rows, make_generator(0))).result()
 
     def close(self) -> None:
