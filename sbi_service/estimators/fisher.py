@@ -9,8 +9,8 @@ measures that (KL(q(.|x) || q(.|x + dx)) ≈ dx^T F(x) dx / 2), so training adds
 
     beta * tr F(x) = beta * E_{theta ~ q(theta|x)} || grad_x log q(theta|x) ||^2
 
-to the loss. Gradients are taken with respect to the *standardized* x_z (``Estimator.standardize_x``)
-the networks see, so beta does not depend on the units of x.
+to the loss. Gradients are taken with respect to the *standardized* x_z the networks
+see (``Estimator.standardize_x``), so beta does not depend on the units of x.
 
 Estimator (``FisherRegularizer.__call__(estimator, theta, x) -> scalar``), on a training
 batch x (B, *x_shape):
