@@ -1,6 +1,7 @@
 """The training loop: batch and learning-rate rules, early stopping, seeds, bad input."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -47,6 +48,16 @@ def test_training_lowers_the_loss_and_restores_the_best_epoch() -> None:
     # the restored weights are the best epoch's: the posterior mean tracks x
     samples = est.sample(torch.tensor([[1.0, -1.0]]), 2000, torch.Generator().manual_seed(0))
     assert torch.allclose(samples.mean(1), torch.tensor([[0.92, -0.92]]), atol=0.15)
+
+
+def test_training_stops_when_the_rate_reaches_its_floor() -> None:
+    theta, x = _gaussian_data()
+    config = TrainConfig(max_epochs=500, patience=500, plateau_patience=0, max_halvings=2)
+    result = train(_nsf(), theta, x, config, seed=0)
+    assert result.stopped_because == "learning_rate_floor" and result.epochs < 500
+    # with a lower floor the same run goes on: the rule, not early stopping, ended it
+    longer = train(_nsf(), theta, x, replace(config, max_halvings=20), seed=0)
+    assert longer.epochs > result.epochs
 
 
 def test_same_seed_same_weights() -> None:
