@@ -53,14 +53,12 @@ class Posterior:
             )
         if x.shape[0] == 0:
             raise UserError(f"{what} are empty: give at least one observation")
-        bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(-1)
-        if bad.any():
-            rows = bad.nonzero().flatten().tolist()[:5]
+        rows = _rows_with(~torch.isfinite(x))
+        if rows:
             raise UserError(f"{what} contain NaN or inf (rows {rows}): every value must be finite")
         log_x = self.estimator.x_log.cpu()
-        bad = ((x <= 0) & log_x).reshape(x.shape[0], -1).any(-1)
-        if bad.any():
-            rows = bad.nonzero().flatten().tolist()[:5]
+        rows = _rows_with((x <= 0) & log_x)
+        if rows:
             features = log_x.flatten().nonzero().flatten().tolist()[:10]
             raise UserError(
                 f"{what} have values <= 0 (rows {rows}) in features the model reads in log "
@@ -135,3 +133,8 @@ class Posterior:
         """
         lp = self.estimator.log_prob(theta, x)
         return torch.where(self.prior.in_support(theta), lp, torch.full_like(lp, -math.inf))
+
+
+def _rows_with(flags: Tensor) -> list[int]:
+    """The first five rows of flags (batch, *x_shape) with any flag set."""
+    return flags.reshape(flags.shape[0], -1).any(-1).nonzero().flatten().tolist()[:5]
