@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(5.0, ge=0)  # poll for new versions; 0 turns it off
     drain_timeout_s: float = Field(30.0, ge=0)  # SIGTERM: wait this long for in-flight work
     job_workers: int = Field(1, ge=1)  # worker processes for train/diagnose jobs
+    # Which versions may be served (serving.policy): "latest" any; "passed" only those
+    # whose diagnostics passed (or that were force-promoted).
+    serve_policy: Literal["latest", "passed"] = "latest"
 
     @field_validator("api_keys", "preload_models", mode="before")
     @classmethod

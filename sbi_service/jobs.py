@@ -9,7 +9,9 @@ the server process that started it is gone, and a server starting up marks the j
 left ``queued`` or ``running`` as ``interrupted`` (``Store.mark_interrupted_jobs``).
 
 Job requests are JSON: ``{"kind": "train", ...TrainRequest fields, "train": {...
-TrainConfig fields}}`` or ``{"kind": "diagnose", ...DiagnoseRequest fields}``.
+TrainConfig fields}, "diagnose"?: {...DiagnoseRequest fields but model and version}}``
+or ``{"kind": "diagnose", ...DiagnoseRequest fields}``. A train job with ``diagnose``
+runs the gate on the version it made, so the version has its verdict when it succeeds.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def train_request_from_dict(payload: dict[str, Any]):
     from sbi_service.estimators.train import TrainConfig
     from sbi_service.workflows.train import TrainRequest
 
-    args = {k: v for k, v in payload.items() if k not in ("kind", "train")}
+    args = {k: v for k, v in payload.items() if k not in ("kind", "train", "diagnose")}
     if args.get("data") is not None:
         args["data"] = Path(args["data"])
     try:
@@ -154,11 +156,23 @@ def train_request_from_dict(payload: dict[str, Any]):
 
 
 def _train(store: Store, request: dict[str, Any], report: Callable[[float], None]) -> dict:
+    """Train; with ``"diagnose": {...}`` run the gate on the new version right after
+    (training is then the first 80% of the progress)."""
+    from sbi_service.workflows.diagnose import DiagnoseRequest, diagnose_model
     from sbi_service.workflows.train import train_model
 
     req = train_request_from_dict(request)
+    gate = request.get("diagnose")
+    share = 1.0 if gate is None else 0.8
     max_epochs = max(req.train.max_epochs, 1)
-    return train_model(store, req, lambda epoch, *_: report(epoch / max_epochs))
+    result = train_model(store, req, lambda epoch, *_: report(share * epoch / max_epochs))
+    if gate is not None:
+        diagnosis = DiagnoseRequest.from_dict(
+            {**gate, "model": result["model"], "version": result["version"]}
+        )
+        verdict = diagnose_model(store, diagnosis, lambda f, _: report(share + (1 - share) * f))
+        result["diagnosis"] = {k: verdict[k] for k in ("passed", "checks", "stored_report")}
+    return result
 
 
 def _diagnose(store: Store, request: dict[str, Any], report: Callable[[float], None]) -> dict:

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from sbi_service.api.deps import ServiceState
 from sbi_service.api.errors import install_error_handlers
 from sbi_service.api.middleware import ServiceMiddleware
-from sbi_service.api.routers import health, jobs, models, simulators
+from sbi_service.api.routers import health, jobs, models, simulators, ui
 from sbi_service.config import Settings
 from sbi_service.jobs import JobRunner
 from sbi_service.serving import Metrics, ModelPool
@@ -41,6 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
         max_queue_rows=settings.max_queue_rows,
         batch_rows=settings.batch_rows,
         batching=settings.batching,
+        policy=settings.serve_policy,
     )
     runner = JobRunner(store, settings.job_workers, settings.torch_threads)
     state = ServiceState(settings, store, metrics, pool, runner)
@@ -72,8 +73,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.sbi = state
     install_error_handlers(app)
     app.add_middleware(ServiceMiddleware, state=state)
-    for module in (health, models, simulators, jobs):
+    for module in (health, models, simulators, jobs, ui):
         app.include_router(module.router)
+    app.mount("/ui/static", ui.static_files, name="ui-static")
     return app
 
 

@@ -9,6 +9,7 @@ reads need one when ``require_key_for_reads`` is set.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 from collections.abc import Coroutine
@@ -92,6 +93,14 @@ def _check_key(request: Request, state: ServiceState, what: str) -> None:
         raise ApiError(
             401, "Authorization", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"}
         )
+
+
+def caller(request: Request) -> str:
+    """Who made a request, for the record: a fingerprint of its API key and its address."""
+    key = _presented_key(request)
+    who = "no key" if key is None else "key sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    host = request.client.host if request.client is not None else "unknown"
+    return f"{who} from {host}"
 
 
 def require_key(request: Request, state: ServiceState = Depends(get_state)) -> None:

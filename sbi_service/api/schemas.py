@@ -99,9 +99,16 @@ class Summary(BaseModel):
     )
 
 
+VERDICT_DESCRIPTION = (
+    "the served version's diagnostic verdict: passed, failed or not_diagnosed "
+    "(also in the X-Model-Verdict header)"
+)
+
+
 class SamplesResponse(BaseModel):
     model: str
     version: int
+    verdict: Literal["passed", "failed", "not_diagnosed"] = Field(description=VERDICT_DESCRIPTION)
     seed: int
     samples: list[list[list[float]]] | None = Field(
         None, description="(num_obs, num_samples, dim_theta)"
@@ -126,12 +133,35 @@ class LogProbRequest(Strict):
 class LogProbResponse(BaseModel):
     model: str
     version: int
+    verdict: Literal["passed", "failed", "not_diagnosed"] = Field(description=VERDICT_DESCRIPTION)
     log_prob: list[float | None] = Field(
         description="log q(theta | x) per row; null where theta is outside the prior's support"
     )
 
 
 # -- models and simulators -----------------------------------------------------------------
+class VersionDetail(BaseModel):
+    version: int
+    created_at: float
+    verdict: Literal["passed", "failed", "not_diagnosed"]
+    checks: list[dict[str, Any]] | None = Field(
+        None, description="the latest diagnose run's checks: diagnostic, name, statistic, ..."
+    )
+    diagnosed_at: float | None = None
+    diagnosis: dict[str, Any] | None = Field(
+        None, description="seed, test data, thresholds and skipped checks of that run"
+    )
+    report: str | None = Field(None, description="URL path of the HTML report")
+
+
+class Promotion(BaseModel):
+    version: int
+    forced: bool
+    actor: str = Field(description="who: a fingerprint of the API key and the client address")
+    verdict: str = Field(description="the version's verdict when it was promoted")
+    at: float
+
+
 class ModelInfo(BaseModel):
     model: str
     version: int
@@ -139,11 +169,28 @@ class ModelInfo(BaseModel):
     config: dict[str, Any]
     created_at: float
     loaded_versions: list[int]
+    serve_policy: Literal["latest", "passed"]
+    served_version: int | None = Field(
+        description="the version an unpinned request gets now; null when the policy allows none"
+    )
+    not_served_because: str | None = None
+    version_details: list[VersionDetail]
+    promotions: list[Promotion] = Field(description="explicit promotions, oldest first")
+
+
+class ReloadRequest(Strict):
+    version: int | None = Field(
+        None, ge=1, description="serve this version (default: the one the policy picks)"
+    )
+    force: bool = Field(
+        False, description="serve it even if the policy forbids it; recorded with who and when"
+    )
 
 
 class ReloadResponse(BaseModel):
     model: str
     version: int
+    verdict: Literal["passed", "failed", "not_diagnosed"]
 
 
 class RegisterSimulator(Strict):
@@ -179,6 +226,11 @@ class TrainJob(Strict):
     estimator_options: dict[str, Any] = Field(default_factory=dict)
     embedding: dict[str, Any] | None = None
     train: TrainSettings = Field(default_factory=TrainSettings)
+    diagnose: dict[str, Any] | None = Field(
+        None,
+        description="run the diagnostic gate on the new version right after training: the "
+        "options of a diagnose job, without model and version",
+    )
 
 
 class DiagnoseJob(BaseModel):

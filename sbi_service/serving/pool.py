@@ -1,9 +1,12 @@
 """The pool of loaded models: an LRU of (model, version) -> Engine, with hot reload.
 
 A request names a model and optionally a version; without one it gets the version the
-pool currently serves as the latest. ``reload(model)`` looks for a newer version in
-the store, loads and warms it (off the event loop), swaps it in as the latest, then
-retires the old engine, which finishes its queued requests before its thread stops.
+pool currently serves as the latest. Which versions may be served is the promotion
+policy's (``serving.policy``): ``latest`` serves any, ``passed`` only those whose
+diagnostics passed or that were force-promoted (``NotServable``, a 409, otherwise).
+``reload(model)`` reads the store, loads and warms the version the policy picks (off the
+event loop), swaps it in as the latest, then retires the old engine, which finishes its
+queued requests before its thread stops. ``promote`` records an explicit choice first.
 Loading happens in a worker thread (``asyncio.to_thread``); sampling in the model's
 engine thread; nothing here runs torch on the event loop.
 """
@@ -18,8 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from sbi_service.errors import UserError
 from sbi_service.serving.engine import Engine, EngineClosed, RowBudget
 from sbi_service.serving.metrics import Metrics
+from sbi_service.serving.policy import POLICIES, ModelStatus, NotServable
 from sbi_service.store.db import Store
 from sbi_service.workflows.models import load_posterior
 
@@ -48,12 +53,16 @@ class ModelPool:
         max_queue_rows: int = 2_000_000,
         batch_rows: int = 8192,
         batching: bool = True,
+        policy: str = "latest",
     ):
-        self.store, self.metrics, self.device = store, metrics, device
+        if policy not in POLICIES:
+            raise ValueError(f"unknown serve policy {policy!r}; expected one of {POLICIES}")
+        self.store, self.metrics, self.device, self.policy = store, metrics, device, policy
         self.cache_size, self.batch_rows, self.batching = cache_size, batch_rows, batching
         self.budget = RowBudget(max_queue_rows)
         self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
         self._latest: dict[str, int] = {}  # model -> the version served as latest
+        self._status: dict[str, ModelStatus] = {}  # model -> its store snapshot
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
         metrics.gauge(
             "sbi_queue_rows", "Rows admitted and not yet finished.", lambda: self.budget.used
@@ -70,12 +79,23 @@ class ModelPool:
         ]
 
     async def get(self, name: str, version: int | None = None) -> LoadedModel:
-        """The loaded model, loading (and warming) it first if needed."""
+        """The loaded model, loading (and warming) it first if needed.
+
+        Raises ``NotFoundError`` for an unknown model or version and ``NotServable`` when
+        the policy forbids the version (or, unpinned, every version).
+        """
         if version is None:
             version = self._latest.get(name)
             if version is None:
-                record = await asyncio.to_thread(self.store.get_model_version, name)
-                version = self._latest.setdefault(name, record["version"])
+                status = await self.status(name, refresh=True)
+                version = self._latest.setdefault(name, status.served_version(self.policy))
+        else:
+            status = await self.status(name)
+            try:
+                status.check_pinned(version, self.policy)
+            except UserError:  # perhaps a new version or verdict since the snapshot
+                status = await self.status(name, refresh=True)
+                status.check_pinned(version, self.policy)
         key = (name, version)
         if key not in self._models:
             async with self._locks.setdefault(key, asyncio.Lock()):
@@ -116,22 +136,58 @@ class ModelPool:
         x = model.posterior.check_observations(torch.from_numpy(observations))
         return await model.engine.sample(x, num_samples, seed, timeout)
 
+    async def status(self, name: str, refresh: bool = False) -> ModelStatus:
+        """The store snapshot of ``name`` (read again when ``refresh`` or not yet read)."""
+        if refresh or name not in self._status:
+            self._status[name] = await asyncio.to_thread(ModelStatus.read, self.store, name)
+        return self._status[name]
+
+    def verdict(self, name: str, version: int) -> str:
+        """The verdict of a version served (passed, failed or not_diagnosed)."""
+        return self._status[name].verdict(version)
+
     async def reload(self, name: str) -> LoadedModel:
-        """Serve the store's latest version of ``name`` as its latest: load, warm, swap, drain."""
-        record = await asyncio.to_thread(self.store.get_model_version, name)
+        """Serve the version the policy picks now as ``name``'s latest: load, warm, swap, drain.
+
+        When the policy allows no version, ``name`` stops being served and ``NotServable``
+        is raised.
+        """
+        status = await self.status(name, refresh=True)
         old = self._latest.get(name)
-        if old == record["version"]:
+        try:
+            target = status.served_version(self.policy)
+        except NotServable:
+            self._latest.pop(name, None)
+            raise
+        if old == target:
             return await self.get(name, old)
-        new = await self.get(name, record["version"])
+        new = await self.get(name, target)
         self._latest[name] = new.version
         if old is not None and (name, old) in self._models:
             self._models.pop((name, old)).engine.close()  # finishes its queue, then stops
         return new
 
-    async def refresh(self) -> None:
-        """Reload every model served as latest whose store has a newer version."""
-        for name in list(self._latest):
-            await self.reload(name)
+    async def promote(self, name: str, version: int, force: bool, actor: str) -> LoadedModel:
+        """Record ``actor``'s choice of ``version`` and serve it (``force``: despite the
+        policy). ``NotServable`` when the policy forbids it and ``force`` is not set."""
+        status = await self.status(name, refresh=True)
+        verdict = status.verdict(version)
+        if not force:
+            status.check_pinned(version, self.policy)
+        await asyncio.to_thread(self.store.add_promotion, name, version, force, actor, verdict)
+        return await self.reload(name)
+
+    async def refresh(self, names: list[str] | None = None) -> None:
+        """Read the store again for ``names`` (default: every model seen) and reload those
+        served as latest; a model the policy no longer allows stops being served."""
+        for name in list(self._status) if names is None else names:
+            if name in self._latest:
+                try:
+                    await self.reload(name)
+                except NotServable:
+                    pass
+            elif name in self._status:
+                await self.status(name, refresh=True)
 
     def close(self, timeout: float = 10.0) -> None:
         for model in self._models.values():

@@ -4,6 +4,7 @@ Layout under ``home``::
 
     sbi_service.db                      this database
     models/{model}/{version}/           config.json + weights.safetensors
+    models/{model}/{version}/diagnostics/  the latest diagnostic report of that version
 
 A model version is written into a temporary folder beside its final place and
 renamed into place only when complete; its database row is inserted after the
@@ -42,6 +43,25 @@ CREATE TABLE IF NOT EXISTS model_versions (
     created_at REAL NOT NULL,
     PRIMARY KEY (model, version)
 );
+CREATE TABLE IF NOT EXISTS verdicts (  -- the latest diagnose run of each version
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    passed INTEGER NOT NULL,
+    checks TEXT NOT NULL,            -- JSON list of {diagnostic, name, statistic, ...}
+    details TEXT NOT NULL,           -- JSON: seed, test_data, num_tests, thresholds, skipped
+    report_path TEXT NOT NULL,       -- the report folder, relative to home
+    diagnosed_at REAL NOT NULL,
+    PRIMARY KEY (model, version)
+);
+CREATE TABLE IF NOT EXISTS promotions (  -- explicit choices of the served version
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    forced INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    verdict TEXT NOT NULL,           -- the version's verdict when it was promoted
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -55,6 +75,15 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 """
 
+DIAGNOSTICS_DIR = "diagnostics"
+VERDICT_DETAILS = (
+    "seed",
+    "test_data",
+    "num_tests",
+    "num_posterior_samples",
+    "thresholds",
+    "skipped",
+)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -178,6 +207,15 @@ class Store:
             models[r["model"]] = entry
         return list(models.values())
 
+    def list_versions(self, model: str) -> list[dict[str, Any]]:
+        """Every version of ``model`` (oldest first): {"version", "created_at"}."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT version, created_at FROM model_versions WHERE model = ? ORDER BY version",
+                (model,),
+            ).fetchall()
+        return [{"version": r["version"], "created_at": r["created_at"]} for r in rows]
+
     def _version_row(self, row: sqlite3.Row) -> dict[str, Any]:
         return {
             "model": row["model"],
@@ -186,6 +224,93 @@ class Store:
             "config": json.loads(row["config"]),
             "created_at": row["created_at"],
         }
+
+    # -- verdicts and promotions -----------------------------------------------------
+    def save_diagnosis(
+        self, model: str, version: int, write: Callable[[Path], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Replace the diagnostic report of a version: ``write(folder)`` fills a temporary
+        folder and returns the report dict (``passed``, ``checks``, ...); the folder is
+        swapped in as ``{version folder}/diagnostics`` and the verdict recorded.
+
+        Returns the verdict (``verdict_row``'s shape).
+        """
+        record = self.get_model_version(model, version)
+        version_dir = Path(record["path"])
+        final = version_dir / DIAGNOSTICS_DIR
+        tmp = version_dir / f".tmp-diagnostics-{uuid.uuid4().hex}"
+        old = version_dir / f".old-diagnostics-{uuid.uuid4().hex}"
+        try:
+            report = write(tmp)
+            _fsync_tree(tmp)
+            details = {k: report.get(k) for k in VERDICT_DETAILS}
+            with self._connect() as db:
+                if final.exists():
+                    os.rename(final, old)
+                os.rename(tmp, final)
+                db.execute(
+                    "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        model,
+                        version,
+                        int(bool(report["passed"])),
+                        json.dumps(report["checks"]),
+                        json.dumps(details),
+                        str(final.relative_to(self.home)),
+                        time.time(),
+                    ),
+                )
+        finally:
+            for leftover in (tmp, old):
+                if leftover.exists():
+                    shutil.rmtree(leftover, ignore_errors=True)
+        return self.verdicts(model)[version]
+
+    def verdicts(self, model: str) -> dict[int, dict[str, Any]]:
+        """{version: {"passed", "checks", "details", "report_path", "diagnosed_at"}}."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM verdicts WHERE model = ?", (model,)).fetchall()
+        return {
+            r["version"]: {
+                "passed": bool(r["passed"]),
+                "checks": json.loads(r["checks"]),
+                "details": json.loads(r["details"]),
+                "report_path": str(self.home / r["report_path"]),
+                "diagnosed_at": r["diagnosed_at"],
+            }
+            for r in rows
+        }
+
+    def add_promotion(
+        self, model: str, version: int, forced: bool, actor: str, verdict: str
+    ) -> dict[str, Any]:
+        """Record that ``actor`` chose ``version`` as the served version of ``model``."""
+        self.get_model_version(model, version)
+        at = time.time()
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO promotions (model, version, forced, actor, verdict, at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (model, version, int(forced), actor, verdict, at),
+            )
+        return {"version": version, "forced": forced, "actor": actor, "verdict": verdict, "at": at}
+
+    def promotions(self, model: str) -> list[dict[str, Any]]:
+        """The recorded promotions of ``model``, oldest first."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM promotions WHERE model = ? ORDER BY id", (model,)
+            ).fetchall()
+        return [
+            {
+                "version": r["version"],
+                "forced": bool(r["forced"]),
+                "actor": r["actor"],
+                "verdict": r["verdict"],
+                "at": r["at"],
+            }
+            for r in rows
+        ]
 
     # -- jobs ----------------------------------------------------------------------
     def create_job(self, kind: str, request: dict[str, Any]) -> str:
@@ -218,10 +343,15 @@ class Store:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"job {job_id!r} does not exist")
-        job = dict(row)
-        job["request"] = json.loads(job["request"])
-        job["result"] = json.loads(job["result"]) if job["result"] else None
-        return job
+        return _job_row(row)
+
+    def list_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The most recent jobs, newest first."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [_job_row(r) for r in rows]
 
     def mark_interrupted_jobs(self) -> int:
         """Jobs left queued or running by a previous process: mark them interrupted."""
@@ -232,6 +362,13 @@ class Store:
                 (time.time(),),
             )
             return cur.rowcount
+
+
+def _job_row(row: sqlite3.Row) -> dict[str, Any]:
+    job = dict(row)
+    job["request"] = json.loads(job["request"])
+    job["result"] = json.loads(job["result"]) if job["result"] else None
+    return job
 
 
 def _fsync_tree(folder: Path) -> None:

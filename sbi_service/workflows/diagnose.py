@@ -15,13 +15,17 @@ For each x_i the model's posterior (restricted to the prior's support) draws
     contraction always computed: a posterior equal to the prior passes TARP and SBC
 
 The result is one report dict (see ``diagnostics.report``): ``passed`` is true when
-every check passed. A ``UserError`` means the gate itself could not run (unknown model,
-unreadable or mismatched data, nothing to check): the CLI maps it to exit code 3.
+every check passed. Every run stores its report (``report.json``, PNGs, ``report.html``)
+in the version's folder and its verdict in the store (``Store.save_diagnosis``), where
+the promotion policy and ``GET /v1/models/{model}`` read it; ``report_dir`` gets a copy.
+A ``UserError`` means the gate itself could not run (unknown model, unreadable or
+mismatched data, nothing to check): the CLI maps it to exit code 3.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -157,8 +161,8 @@ def diagnose_model(
 ) -> dict[str, Any]:
     """Run the requested diagnostics on the stored model; returns the report dict.
 
-    Writes ``report.json``, PNGs and ``report.html`` into ``request.report_dir`` when set.
-    Raises ``UserError`` when the gate cannot run.
+    Stores the report and verdict with the model version (a copy in ``request.report_dir``
+    when set). Raises ``UserError`` when the gate cannot run.
     """
     start = time.perf_counter()
     req, th = request, request.thresholds
@@ -248,9 +252,17 @@ def diagnose_model(
         "diagnostics": diagnostics,
         "seconds": round(time.perf_counter() - start, 3),
     }
+    report_progress(0.9, "writing the report")
+    written: dict[str, Any] = {}
+
+    def write(folder: Path) -> dict[str, Any]:
+        written.update(write_report(report, folder, samples[0].numpy()))
+        return written
+
+    verdict = store.save_diagnosis(req.model, record["version"], write)
+    report = {**written, "stored_report": verdict["report_path"]}
     if req.report_dir is not None:
-        report_progress(0.9, "writing the report")
-        report = write_report(report, req.report_dir, samples[0].numpy())
+        shutil.copytree(verdict["report_path"], req.report_dir, dirs_exist_ok=True)
         report["report_dir"] = str(req.report_dir)
     report_progress(1.0, "done")
     return report

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Query
 
 from sbi_service.api.deps import ServiceState, get_state, read_access, require_key
 from sbi_service.api.errors import ApiError, field_error
@@ -37,11 +37,10 @@ async def create_job(
     loop = asyncio.get_running_loop()
 
     def on_done(job_id: str, job: dict[str, Any]) -> None:
-        # A newly trained version of a model this server serves: swap it in.
-        if job["kind"] == "train" and job["state"] == "succeeded":
+        # A new version or verdict of a model this server has seen: apply the policy now.
+        if job["state"] == "succeeded":
             name = job["result"]["model"]
-            if any(m["model"] == name for m in state.pool.loaded()):
-                loop.call_soon_threadsafe(state.spawn, state.pool.reload(name))
+            loop.call_soon_threadsafe(state.spawn, state.pool.refresh([name]))
 
     job_id = await asyncio.to_thread(state.jobs.submit, body.kind, request, on_done)
     return {"id": job_id}
@@ -53,6 +52,8 @@ def _check_train(state: ServiceState, request: dict[str, Any]) -> None:
         check_name(request["name"])
     except UserError as e:
         raise field_error(e, "name") from None
+    if "diagnose" in request:
+        _check_train_diagnose(request["name"], request["diagnose"])
     if request["estimator"] not in ESTIMATORS:
         raise ApiError(
             422, "estimator", f"unknown estimator; expected one of {', '.join(ESTIMATORS)}"
@@ -85,6 +86,30 @@ def _check_diagnose(request: dict[str, Any]) -> None:
         raise field_error(e, "body") from None
     except TypeError as e:
         raise ApiError(422, "body", f"bad diagnose request: {e}") from None
+
+
+def _check_train_diagnose(name: str, options: dict[str, Any]) -> None:
+    from sbi_service.workflows.diagnose import DiagnoseRequest
+
+    for key in ("model", "version", "kind"):
+        if key in options:
+            raise ApiError(
+                422, f"diagnose.{key}", "the gate runs on the version this job trains: omit it"
+            )
+    try:
+        DiagnoseRequest.from_dict({**options, "model": name})
+    except UserError as e:
+        raise field_error(e, "diagnose") from None
+    except TypeError as e:
+        raise ApiError(422, "diagnose", f"bad diagnose options: {e}") from None
+
+
+@router.get("", response_model=list[JobInfo], dependencies=[Depends(read_access)])
+async def list_jobs(
+    limit: int = Query(50, ge=1, le=1000), state: ServiceState = Depends(get_state)
+) -> list[dict[str, Any]]:
+    """The most recent jobs, newest first."""
+    return json_safe(await asyncio.to_thread(state.store.list_jobs, limit))
 
 
 @router.get("/{job_id}", response_model=JobInfo, dependencies=[Depends(read_access)])

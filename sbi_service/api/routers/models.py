@@ -1,4 +1,4 @@
-"""Models: list, describe, sample, log_prob, reload.
+"""Models: list, describe (with verdicts), diagnostic reports, sample, log_prob, reload.
 
 Sampling goes through the model's batching engine (``sbi_service.serving``); this
 module only checks input, applies the limits and deadline, watches for the client
@@ -12,31 +12,37 @@ import asyncio
 import io
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import HTMLResponse
 
-from sbi_service.api.deps import ServiceState, get_state, read_access, require_key
+from sbi_service.api.deps import ServiceState, caller, get_state, read_access, require_key
 from sbi_service.api.errors import ApiError, field_error
+from sbi_service.api.responses import json_safe
 from sbi_service.api.schemas import (
     ErrorResponse,
     LogProbRequest,
     LogProbResponse,
     ModelInfo,
+    ReloadRequest,
     ReloadResponse,
     SamplesRequest,
     SamplesResponse,
 )
+from sbi_service.diagnostics.report import REPORT_HTML, REPORT_JSON
 from sbi_service.errors import NotFoundError, UserError
 from sbi_service.serving import DeadlineExceeded, QueueFull
 from sbi_service.serving.engine import new_seed
+from sbi_service.serving.policy import ModelStatus, NotServable
 from sbi_service.workflows.models import summarize
 
 NPY = "application/x-npy"
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422, 503, 504)
+    code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 503, 504)
 }
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS)
@@ -44,23 +50,102 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS)
 
 @router.get("", response_model=list[ModelInfo], dependencies=[Depends(read_access)])
 async def list_models(state: ServiceState = Depends(get_state)) -> list[dict[str, Any]]:
-    models = await asyncio.to_thread(state.store.list_models)
-    return [_model_info(state, m) for m in models]
+    return await asyncio.to_thread(_describe_all, state)
 
 
 @router.get("/{model}", response_model=ModelInfo, dependencies=[Depends(read_access)])
 async def get_model(model: str, state: ServiceState = Depends(get_state)) -> dict[str, Any]:
-    models = await asyncio.to_thread(state.store.list_models)
-    for m in models:
-        if m["model"] == model:
-            return _model_info(state, m)
-    known = ", ".join(m["model"] for m in models) or "none yet"
-    raise ApiError(404, "model", f"model {model!r} does not exist (models: {known})")
+    """The model's versions with their diagnostic verdicts, checks and reports, the version
+    served under the policy, and the recorded promotions."""
+    models = await asyncio.to_thread(_describe_all, state, model)
+    if not models:
+        known = ", ".join(m["model"] for m in await asyncio.to_thread(state.store.list_models))
+        raise ApiError(404, "model", f"model {model!r} does not exist (models: {known or 'none'})")
+    return models[0]
 
 
-def _model_info(state: ServiceState, record: dict[str, Any]) -> dict[str, Any]:
-    loaded = [m["version"] for m in state.pool.loaded() if m["model"] == record["model"]]
-    return {**record, "loaded_versions": loaded}
+def _describe_all(state: ServiceState, only: str | None = None) -> list[dict[str, Any]]:
+    """``ModelInfo`` dicts read from the store (one model when ``only`` is given)."""
+    loaded = state.pool.loaded()
+    out = []
+    for record in state.store.list_models():
+        name = record["model"]
+        if only is not None and name != only:
+            continue
+        status = ModelStatus.read(state.store, name)
+        try:
+            served, because = status.served_version(state.settings.serve_policy), None
+        except NotServable as e:
+            served, because = None, str(e)
+        details = []
+        for version, created_at in sorted(status.created.items()):
+            verdict = status.verdicts.get(version)
+            details.append(
+                {
+                    "version": version,
+                    "created_at": created_at,
+                    "verdict": status.verdict(version),
+                    **(
+                        {}
+                        if verdict is None
+                        else {
+                            "checks": verdict["checks"],
+                            "diagnosed_at": verdict["diagnosed_at"],
+                            "diagnosis": verdict["details"],
+                            "report": f"/v1/models/{name}/versions/{version}/report",
+                        }
+                    ),
+                }
+            )
+        out.append(
+            json_safe(
+                {
+                    **record,
+                    "loaded_versions": [m["version"] for m in loaded if m["model"] == name],
+                    "serve_policy": state.settings.serve_policy,
+                    "served_version": served,
+                    "not_served_because": because,
+                    "version_details": details,
+                    "promotions": status.promotions,
+                }
+            )
+        )
+    return out
+
+
+@router.get(
+    "/{model}/versions/{version}/report",
+    dependencies=[Depends(read_access)],
+    response_class=HTMLResponse,
+    responses={200: {"content": {"application/json": {}}, "description": "HTML, or JSON"}},
+)
+async def report(
+    model: str,
+    version: int,
+    state: ServiceState = Depends(get_state),
+    accept: str | None = Header(None),
+) -> Response:
+    """The version's latest diagnostic report: ``report.html`` (plots embedded), or
+    ``report.json`` for ``Accept: application/json``."""
+    try:
+        status = await asyncio.to_thread(ModelStatus.read, state.store, model)
+    except NotFoundError as e:
+        raise field_error(e, "model") from None
+    try:
+        status.verdict(version)
+    except NotFoundError as e:
+        raise field_error(e, "version") from None
+    if version not in status.verdicts:
+        raise ApiError(
+            404,
+            "version",
+            f"version {version} of model {model!r} has no diagnostic report yet: run a diagnose "
+            f'job (POST /v1/jobs {{"kind": "diagnose", "model": "{model}", "version": {version}}})',
+        )
+    folder = Path(status.verdicts[version]["report_path"])
+    wants_json = accept is not None and "application/json" in accept and "text/html" not in accept
+    name, media = (REPORT_JSON, "application/json") if wants_json else (REPORT_HTML, "text/html")
+    return Response(await asyncio.to_thread((folder / name).read_bytes), media_type=media)
 
 
 @router.post(
@@ -107,7 +192,7 @@ async def sample(
             state,
             state.pool.sample(model, body.version, observations, body.num_samples, seed, timeout),
         )
-    except NotFoundError as e:
+    except (NotFoundError, NotServable) as e:
         raise field_error(e, "version" if body.version is not None else "model") from None
     except UserError as e:
         raise field_error(e, "observations") from None
@@ -120,17 +205,32 @@ async def sample(
     except _ClientGone:
         return Response(status_code=499)
 
-    headers = {"X-Model": model, "X-Model-Version": str(loaded.version), "X-Seed": str(seed)}
+    verdict = state.pool.verdict(model, loaded.version)
+    headers = {**_served(model, loaded.version, verdict), "X-Seed": str(seed)}
     if accept is not None and NPY in accept:
-        buffer = io.BytesIO()
-        np.save(buffer, samples, allow_pickle=False)
-        return Response(buffer.getvalue(), media_type=NPY, headers=headers)
-    payload: dict[str, Any] = {"model": model, "version": loaded.version, "seed": seed}
+        return _npy(samples, headers)
+    payload: dict[str, Any] = {
+        "model": model,
+        "version": loaded.version,
+        "verdict": verdict,
+        "seed": seed,
+    }
     if body.return_samples:
         payload["samples"] = samples.tolist()
     if body.summary:
         payload["summary"] = _summary(samples, body.credible_level)
     return Response(json.dumps(payload), media_type="application/json", headers=headers)
+
+
+def _served(model: str, version: int, verdict: str) -> dict[str, str]:
+    """Headers naming what answered: a client can refuse an unvalidated posterior."""
+    return {"X-Model": model, "X-Model-Version": str(version), "X-Model-Verdict": verdict}
+
+
+def _npy(array: np.ndarray, headers: dict[str, str]) -> Response:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return Response(buffer.getvalue(), media_type=NPY, headers=headers)
 
 
 def _summary(samples: np.ndarray, level: float) -> dict[str, Any]:
@@ -179,16 +279,25 @@ async def _disconnected(request: Request) -> None:
 
 
 @router.post(
-    "/{model}/log_prob", response_model=LogProbResponse, dependencies=[Depends(read_access)]
+    "/{model}/log_prob",
+    response_model=LogProbResponse,
+    dependencies=[Depends(read_access)],
+    responses={200: {"content": {NPY: {}}, "description": "JSON, or .npy bytes (float32)"}},
 )
 async def log_prob(
-    model: str, body: LogProbRequest, state: ServiceState = Depends(get_state)
+    model: str,
+    body: LogProbRequest,
+    state: ServiceState = Depends(get_state),
+    accept: str | None = Header(None),
 ) -> Response:
-    """log q(theta | x) for paired rows; one observation is paired with every parameter row."""
+    """log q(theta | x) for paired rows; one observation is paired with every parameter row.
+
+    JSON has null where theta is outside the prior's support; ``.npy`` has -inf there.
+    """
     s = state.settings
     try:
         loaded = await state.pool.get(model, body.version)
-    except NotFoundError as e:
+    except (NotFoundError, NotServable) as e:
         raise field_error(e, "version" if body.version is not None else "model") from None
     posterior = loaded.posterior
     if not posterior.estimator.has_density:
@@ -217,20 +326,46 @@ async def log_prob(
             f"{x.shape[0]} observations for {theta.shape[0]} parameter rows: give one "
             "observation, or one per row",
         )
-    values = await loaded.engine.run(lambda: posterior.log_prob(theta, x).tolist())
+    values = await loaded.engine.run(lambda: posterior.log_prob(theta, x).numpy())
+    verdict = state.pool.verdict(model, loaded.version)
+    headers = _served(model, loaded.version, verdict)
+    if accept is not None and NPY in accept:
+        return _npy(values.astype(np.float32), headers)
     payload = {
         "model": model,
         "version": loaded.version,
-        "log_prob": [v if math.isfinite(v) else None for v in values],
+        "verdict": verdict,
+        "log_prob": [v if math.isfinite(v) else None for v in values.tolist()],
     }
-    return Response(json.dumps(payload), media_type="application/json")
+    return Response(json.dumps(payload), media_type="application/json", headers=headers)
 
 
 @router.post("/{model}/reload", response_model=ReloadResponse, dependencies=[Depends(require_key)])
-async def reload(model: str, state: ServiceState = Depends(get_state)) -> dict[str, Any]:
-    """Serve the newest stored version: load and warm it, swap it in, drain the old one."""
+async def reload(
+    model: str,
+    request: Request,
+    body: ReloadRequest | None = None,
+    state: ServiceState = Depends(get_state),
+) -> dict[str, Any]:
+    """Serve the version the policy picks (newest, or newest that passed), or promote
+    ``version``: load and warm it, swap it in, drain the old one.
+
+    A promotion is recorded (who, when, which, forced or not) and shown by
+    ``GET /v1/models/{model}``; ``force`` serves a version the policy would refuse.
+    """
+    body = body or ReloadRequest()
+    if body.force and body.version is None:
+        raise ApiError(422, "force", "force needs a version: the version to serve regardless")
     try:
-        loaded = await state.pool.reload(model)
-    except NotFoundError as e:
-        raise field_error(e, "model") from None
-    return {"model": model, "version": loaded.version}
+        if body.version is None:
+            loaded = await state.pool.reload(model)
+        else:
+            actor = caller(request)
+            loaded = await state.pool.promote(model, body.version, body.force, actor)
+    except (NotFoundError, NotServable) as e:
+        raise field_error(e, "version" if body.version is not None else "model") from None
+    return {
+        "model": model,
+        "version": loaded.version,
+        "verdict": state.pool.verdict(model, loaded.version),
+    }
