@@ -56,6 +56,10 @@ def test_health_models_sample_and_log_prob(served):
     assert client.ready()["status"] == "ready"
     assert "sbi_request_latency_seconds" in client.metrics()
     assert "two_moons" in [s["name"] for s in client.simulators()]
+    ui = client.http.get("/ui")
+    assert ui.headers["content-type"].startswith("text/html") and "/ui/static/app.js" in ui.text
+    script = client.http.get("/ui/static/app.js")
+    assert "javascript" in script.headers["content-type"] and "X-API-Key" in script.text
     assert [m["model"] for m in client.models()] == ["tiny"]
     assert client.model("tiny")["version_details"][0]["verdict"] == "not_diagnosed"
 

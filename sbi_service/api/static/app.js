@@ -44,6 +44,16 @@ async function api(path, options = {}) {
     ? response.json() : response.text();
 }
 
+// The diagnostic gate's options, shared by the train form and the diagnose buttons.
+const gate = { num_simulations: 200, num_posterior_samples: 300 };
+
+function bindGateOptions() {
+  const sims = document.getElementById("gate-sims");
+  const samples = document.getElementById("gate-samples");
+  sims.addEventListener("input", () => { gate.num_simulations = Number(sims.value); });
+  samples.addEventListener("input", () => { gate.num_posterior_samples = Number(samples.value); });
+}
+
 // -- models -------------------------------------------------------------------------
 async function modelsPage() {
   const models = await api("/v1/models");
@@ -73,8 +83,13 @@ async function modelsPage() {
       ${versions}</table>
       ${promotions ? `<p>Promotions:</p><ul>${promotions}</ul>` : ""}</section>`;
   }).join("");
-  page.innerHTML = (rows || "<section><p>No models yet: start a train job on the Jobs page.</p></section>") +
+  page.innerHTML = `<section><form class="inline" id="gate-options">
+      <label>diagnose with <input id="gate-sims" type="number" min="10" value="${gate.num_simulations}"> test simulations</label>
+      <label>and <input id="gate-samples" type="number" min="10" value="${gate.num_posterior_samples}"> posterior samples each</label>
+    </form></section>` +
+    (rows || "<section><p>No models yet: start a train job on the Jobs page.</p></section>") +
     `<section id="report-box" hidden><h2 id="report-title"></h2><iframe id="report-frame"></iframe></section>`;
+  bindGateOptions();
   page.querySelectorAll(".show-report").forEach((b) => b.addEventListener("click", () => run(async () => {
     const html = await api(b.dataset.url, { headers: { Accept: "text/html" } });
     document.getElementById("report-title").textContent = b.dataset.url;
@@ -83,8 +98,7 @@ async function modelsPage() {
   })));
   page.querySelectorAll(".diagnose").forEach((b) => b.addEventListener("click", () => run(async () => {
     await api("/v1/jobs", { method: "POST", json: {
-      kind: "diagnose", model: b.dataset.model, version: Number(b.dataset.version),
-      num_simulations: 200, num_posterior_samples: 300 } });
+      kind: "diagnose", model: b.dataset.model, version: Number(b.dataset.version), ...gate } });
     location.hash = "#jobs";
   })));
 }
@@ -105,6 +119,10 @@ async function jobsPage() {
       <label>max epochs <input id="train-epochs" type="number" min="1" value="50"></label>
       <label><input id="train-gate" type="checkbox" checked> run the diagnostic gate after training</label>
       <button type="submit" id="train-submit">Train</button>
+    </form>
+    <form class="inline" id="gate-options">
+      <label>the gate: <input id="gate-sims" type="number" min="10" value="${gate.num_simulations}"> test simulations</label>
+      <label><input id="gate-samples" type="number" min="10" value="${gate.num_posterior_samples}"> posterior samples each</label>
     </form></section>
     <section><h2>Jobs</h2><div id="jobs-table"></div></section>`;
   document.getElementById("train-form").addEventListener("submit", async (event) => {
@@ -118,11 +136,10 @@ async function jobsPage() {
       seed: Number(document.getElementById("train-seed").value),
       train: { max_epochs: Number(document.getElementById("train-epochs").value) },
     };
-    if (document.getElementById("train-gate").checked) {
-      job.diagnose = { num_simulations: 200, num_posterior_samples: 300 };
-    }
+    if (document.getElementById("train-gate").checked) job.diagnose = { ...gate };
     await run(() => api("/v1/jobs", { method: "POST", json: job }).then(refreshJobs));
   });
+  bindGateOptions();
   await refreshJobs();
   timer = setInterval(() => refreshJobs().catch((e) => showError(e.message)), 1000);
 }
@@ -169,7 +186,7 @@ async function samplePage(params) {
       <button type="submit" id="sample-submit">Draw samples</button>
     </form></section>
     <section id="sample-result" hidden><div class="result-head" id="sample-head"></div>
-      <canvas id="pairplot" width="640" height="640"></canvas>
+      <canvas id="pairplot" width="560" height="560"></canvas>
       <h2>Summary</h2><div id="sample-summary"></div></section>`;
   const describe = () => {
     const m = models.find((x) => x.model === document.getElementById("sample-model").value);
@@ -211,13 +228,12 @@ async function drawSamples() {
     `${body.num_samples} samples`;
   pairPlot(document.getElementById("pairplot"), out.samples[0]);
   const s = out.summary;
-  const ci = s.credible_interval;
   const rows = s.mean[0].map((_, i) => `<tr><td>θ${i + 1}</td>` +
-    [s.mean, s.std, s.q05, s.median, s.q95, ci.low, ci.high]
+    [s.mean, s.std, s.q05, s.median, s.q95]
       .map((a) => `<td>${a[0][i].toFixed(4)}</td>`).join("") + "</tr>").join("");
   document.getElementById("sample-summary").innerHTML = `<table id="summary-table">
-    <tr><th>parameter</th><th>mean</th><th>sd</th><th>5%</th><th>median</th><th>95%</th>
-    <th>${ci.level * 100}% CI low</th><th>${ci.level * 100}% CI high</th></tr>${rows}</table>`;
+    <tr><th>parameter</th><th>mean</th><th>sd</th><th>5%</th><th>median</th><th>95%</th></tr>
+    ${rows}</table>`;
 }
 
 // Numbers from text: a JSON array (nested arrays are flattened) or numbers separated by
@@ -305,7 +321,9 @@ function route() {
   document.querySelectorAll("nav a").forEach((a) =>
     a.classList.toggle("active", a.id === `nav-${name}`));
   const pages = { models: modelsPage, jobs: jobsPage, sample: samplePage };
-  run(() => (pages[name] || modelsPage)(params));
+  // data-renders counts finished renders, so a script can wait for the page to settle.
+  run(() => (pages[name] || modelsPage)(params))
+    .then(() => { page.dataset.renders = Number(page.dataset.renders || 0) + 1; });
 }
 
 document.getElementById("api-key").value = localStorage.getItem(KEY_STORAGE) || "";
