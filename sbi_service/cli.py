@@ -116,7 +116,9 @@ def simulate(
 @app.command()
 def train(
     name: Annotated[str, typer.Option("--name", help="model name")],
-    estimator: Annotated[str, typer.Option(help="nsf, maf, npse, fmpe, ...")] = "nsf",
+    estimator: Annotated[
+        str, typer.Option(help="auto (chosen from the data), nsf, maf, npse, fmpe")
+    ] = "auto",
     seed: Annotated[int, typer.Option()] = 0,
     simulator: Annotated[str | None, typer.Option()] = None,
     num_simulations: Annotated[int | None, typer.Option("--num-simulations")] = None,

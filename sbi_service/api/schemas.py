@@ -217,7 +217,7 @@ class TrainJob(Strict):
 
     kind: Literal["train"]
     name: str
-    estimator: str = "nsf"
+    estimator: str = "auto"
     seed: int = Field(0, ge=0, lt=2**63)
     simulator: str | None = None
     num_simulations: int | None = Field(None, ge=10, le=10_000_000)

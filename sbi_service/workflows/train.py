@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 from sbi_service.errors import UserError
+from sbi_service.estimators.auto import check_kind, estimator_config
 from sbi_service.estimators.fisher import FisherRegularizer, check_fisher_support
 from sbi_service.estimators.io import save_estimator
-from sbi_service.estimators.registry import ESTIMATORS, build_estimator
+from sbi_service.estimators.registry import build_estimator
 from sbi_service.estimators.train import TrainConfig, train
 from sbi_service.simulators.priors import Prior, prior_from_spec
 from sbi_service.simulators.registry import get_task
@@ -107,21 +108,13 @@ def train_model(
 ) -> dict[str, Any]:
     """Simulate or load, train, save as the next version of ``req.name``; returns a summary."""
     check_name(req.name)
-    if req.estimator not in ESTIMATORS:
-        raise UserError(
-            f"unknown estimator {req.estimator!r}; expected one of {', '.join(ESTIMATORS)}"
-        )
+    check_kind(req.estimator)
     theta, x, prior, provenance = load_training_data(store, req)
-    torch.manual_seed(req.seed)  # the network's initial weights
-    estimator = build_estimator(
-        {
-            "kind": req.estimator,
-            "dim_theta": prior.dim,
-            "x_shape": list(x.shape[1:]),
-            "embedding": req.embedding,
-            **req.estimator_options,
-        }
+    config = estimator_config(
+        req.estimator, prior.dim, x.shape[1:], len(theta), req.embedding, req.estimator_options
     )
+    torch.manual_seed(req.seed)  # the network's initial weights
+    estimator = build_estimator(config)
     extra_loss = None
     if req.fisher_reg:
         check_fisher_support(estimator)
@@ -162,7 +155,7 @@ def train_model(
     return {
         "model": req.name,
         "version": saved["version"],
-        "estimator": req.estimator,
+        "estimator": estimator.kind,
         "simulator": provenance["simulator"],
         "num_simulations": provenance["num_simulations"],
         "train_seconds": round(result.train_seconds, 3),

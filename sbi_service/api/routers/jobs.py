@@ -12,7 +12,7 @@ from sbi_service.api.errors import ApiError, field_error
 from sbi_service.api.responses import json_safe
 from sbi_service.api.schemas import DiagnoseJob, ErrorResponse, JobCreated, JobInfo, JobRequest
 from sbi_service.errors import NotFoundError, UserError
-from sbi_service.estimators.registry import ESTIMATORS
+from sbi_service.estimators.auto import KINDS
 from sbi_service.simulators.priors import prior_from_spec
 from sbi_service.simulators.registry import list_names
 from sbi_service.store.db import check_name
@@ -54,10 +54,8 @@ def _check_train(state: ServiceState, request: dict[str, Any]) -> None:
         raise field_error(e, "name") from None
     if "diagnose" in request:
         _check_train_diagnose(request["name"], request["diagnose"])
-    if request["estimator"] not in ESTIMATORS:
-        raise ApiError(
-            422, "estimator", f"unknown estimator; expected one of {', '.join(ESTIMATORS)}"
-        )
+    if request["estimator"] not in KINDS:
+        raise ApiError(422, "estimator", f"unknown estimator; expected one of {', '.join(KINDS)}")
     has_simulator, has_data = "simulator" in request, "data" in request
     if has_simulator == has_data:
         raise ApiError(

@@ -1,0 +1,69 @@
+"""``--estimator auto``: the family and size chosen from the training data alone.
+
+The rule looks only at what the user hands over: the parameter dimension d, the shape
+of x and the number of simulations N (never at the task's name). Its thresholds come
+from ``benchmarks/results/accuracy.md`` (sbibm's tasks, C2ST against sbi's default
+NPE on the same simulations) and are explained in the README:
+
+- x with more than one axis (a time series ``(C, T)``, an image) is embedded by a 1-d
+  CNN (``cnn1d``); a flat x goes to the flow as it is (z-scored);
+- the family is a neural spline flow (``nsf``): its monotone splines fit the curved,
+  skewed and multimodal posteriors where an affine flow (``maf``) cannot, and reach
+  the same accuracy on Gaussian ones;
+- the flow is an ensemble of ``members`` flows (``flows.py``): averaging independently
+  fitted members cancels much of each one's error in the posterior's location, the error
+  that dominates C2ST once the shape is right. Members cost training time linearly, so
+  their number shrinks as N grows (a larger N leaves each member less error to cancel
+  and costs more per epoch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sbi_service.errors import UserError
+from sbi_service.estimators.registry import ESTIMATORS
+
+AUTO = "auto"
+KINDS = (AUTO, *ESTIMATORS)
+
+
+def members_for(num_simulations: int) -> int:
+    """Ensemble size for N simulations."""
+    if num_simulations <= 20_000:
+        return 3
+    return 2
+
+
+def choose(dim_theta: int, x_shape: tuple[int, ...], num_simulations: int) -> dict[str, Any]:
+    """The estimator config ``auto`` trains (without ``dim_theta`` and ``x_shape``)."""
+    config: dict[str, Any] = {"kind": "nsf", "members": members_for(num_simulations)}
+    if len(x_shape) > 1:
+        config["embedding"] = {"kind": "cnn1d"}
+    return config
+
+
+def check_kind(kind: str) -> None:
+    """Raise a ``UserError`` naming the choices when ``kind`` is not ``auto`` or a family."""
+    if kind not in KINDS:
+        raise UserError(f"unknown estimator {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def estimator_config(
+    kind: str,
+    dim_theta: int,
+    x_shape: tuple[int, ...] | list[int],
+    num_simulations: int,
+    embedding: dict | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The full ``build_estimator`` config for ``kind`` (``auto`` or a family name).
+
+    Explicit ``embedding`` and ``options`` override what ``auto`` would choose.
+    """
+    check_kind(kind)
+    base = choose(dim_theta, tuple(x_shape), num_simulations) if kind == AUTO else {"kind": kind}
+    config = {**base, "dim_theta": int(dim_theta), "x_shape": list(x_shape), **(options or {})}
+    if embedding is not None:
+        config["embedding"] = embedding
+    return config
