@@ -360,16 +360,24 @@ def diagnose(
 # -- models ---------------------------------------------------------------------------
 @models_app.command("list")
 def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List stored models with their latest version."""
-    models = _store().list_models()
+    """List stored models with their latest version and each version's diagnostic verdict."""
+    from sbi_service.serving.policy import ModelStatus
+
+    store = _store()
+    models = store.list_models()
+    for m in models:
+        status = ModelStatus.read(store, m["model"])
+        m["verdicts"] = {v: status.verdict(v) for v in m["versions"]}
     if as_json:
         _print_json(models)
         return
     for m in models:
         c = m["config"]
+        verdicts = " ".join(f"v{v}:{verdict}" for v, verdict in m["verdicts"].items())
         out.print(
             f"{m['model']:<24} v{m['version']:<3} {c['estimator']['kind']:<5} "
-            f"simulator={c.get('simulator')}  versions={m['versions']}"
+            f"simulator={c.get('simulator')}  {verdicts}",
+            markup=False,
         )
 
 

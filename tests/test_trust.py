@@ -44,12 +44,14 @@ def data(tmp_path_factory) -> Path:
     return make_data(tmp_path_factory.mktemp("trust"), n=300)
 
 
-def test_a_diagnose_run_stores_its_report_and_verdict_with_the_version(tmp_path, data):
-    store = Store(tmp_path / "home")
+def test_a_diagnose_run_stores_its_report_and_verdict_with_the_version(
+    home, run_cli, tmp_path, data
+):
+    store = Store(home)
     train_tiny(store, data)
     report = gate(store, data, 1, FAIL, report_dir=str(tmp_path / "copy"))
     assert report["passed"] is False
-    folder = tmp_path / "home" / "models" / "tiny" / "1" / "diagnostics"
+    folder = home / "models" / "tiny" / "1" / "diagnostics"
     assert report["stored_report"] == str(folder)
     for name in ("report.json", "report.html", "tarp_ecp.png"):
         assert (folder / name).is_file() and (tmp_path / "copy" / name).is_file()
@@ -58,6 +60,10 @@ def test_a_diagnose_run_stores_its_report_and_verdict_with_the_version(tmp_path,
     failed = [c for c in verdict["checks"] if not c["passed"]]
     assert [(c["diagnostic"], c["name"]) for c in failed] == [("contraction", "mean")]
     assert verdict["details"]["thresholds"]["min_contraction"] == 0.999
+
+    train_tiny(store, data, seed=1)
+    code, out, _ = run_cli("models", "list")
+    assert code == 0 and "v1:failed v2:not_diagnosed" in out
 
     gate(store, data, 1, PASS)  # a new run replaces the report and the verdict
     assert store.verdicts("tiny")[1]["passed"] is True
@@ -170,6 +176,7 @@ def test_a_model_that_fails_its_gate_is_served_under_latest_not_under_passed(tmp
 
         # A version that passes after the forced one takes over on reload.
         train_tiny(store, data, seed=1)
+        assert c.post("/v1/models/tiny/reload", headers=AUTH).json()["version"] == 1
         r = c.post("/v1/models/tiny/samples", json={**SAMPLE, "version": 2})
         assert r.status_code == 409 and "version 2 of model 'tiny' is not diagnosed" in r.text
         gate(store, data, 2, PASS)
