@@ -59,8 +59,9 @@ class RemotePosterior:
 
     def sample(
         self,
-        sample_shape: tuple[int, ...] | torch.Size = torch.Size(),
+        sample_shape: int | tuple[int, ...] | torch.Size = torch.Size(),
         x: Any = None,
+        *,
         seed: int | None = None,
         **sbi_options: Any,
     ) -> Tensor:
@@ -75,13 +76,14 @@ class RemotePosterior:
 
     def sample_batched(
         self,
-        sample_shape: tuple[int, ...] | torch.Size,
+        sample_shape: int | tuple[int, ...] | torch.Size,
         x: Any,
+        *,
         seed: int | None = None,
         **sbi_options: Any,
     ) -> Tensor:
         """Samples (*sample_shape, batch, dim_theta) for observations x (batch, *x_shape)."""
-        shape = torch.Size(sample_shape)
+        shape = torch.Size([sample_shape] if isinstance(sample_shape, int) else sample_shape)
         x = self._batch(x)
         seed = _seed() if seed is None else seed
         served = self._check(
