@@ -50,23 +50,24 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS)
 
 @router.get("", response_model=list[ModelInfo], dependencies=[Depends(read_access)])
 async def list_models(state: ServiceState = Depends(get_state)) -> list[dict[str, Any]]:
-    return await asyncio.to_thread(_describe_all, state)
+    return await asyncio.to_thread(_describe, state, state.pool.loaded())
 
 
 @router.get("/{model}", response_model=ModelInfo, dependencies=[Depends(read_access)])
 async def get_model(model: str, state: ServiceState = Depends(get_state)) -> dict[str, Any]:
     """The model's versions with their diagnostic verdicts, checks and reports, the version
     served under the policy, and the recorded promotions."""
-    models = await asyncio.to_thread(_describe_all, state, model)
+    models = await asyncio.to_thread(_describe, state, state.pool.loaded(), model)
     if not models:
         known = ", ".join(m["model"] for m in await asyncio.to_thread(state.store.list_models))
         raise ApiError(404, "model", f"model {model!r} does not exist (models: {known or 'none'})")
     return models[0]
 
 
-def _describe_all(state: ServiceState, only: str | None = None) -> list[dict[str, Any]]:
+def _describe(
+    state: ServiceState, loaded: list[dict[str, Any]], only: str | None = None
+) -> list[dict[str, Any]]:
     """``ModelInfo`` dicts read from the store (one model when ``only`` is given)."""
-    loaded = state.pool.loaded()
     out = []
     for record in state.store.list_models():
         name = record["model"]
@@ -77,40 +78,32 @@ def _describe_all(state: ServiceState, only: str | None = None) -> list[dict[str
             served, because = status.served_version(state.settings.serve_policy), None
         except NotServable as e:
             served, because = None, str(e)
-        details = []
-        for version, created_at in sorted(status.created.items()):
-            verdict = status.verdicts.get(version)
-            details.append(
-                {
-                    "version": version,
-                    "created_at": created_at,
-                    "verdict": status.verdict(version),
-                    **(
-                        {}
-                        if verdict is None
-                        else {
-                            "checks": verdict["checks"],
-                            "diagnosed_at": verdict["diagnosed_at"],
-                            "diagnosis": verdict["details"],
-                            "report": f"/v1/models/{name}/versions/{version}/report",
-                        }
-                    ),
-                }
-            )
-        out.append(
-            json_safe(
-                {
-                    **record,
-                    "loaded_versions": [m["version"] for m in loaded if m["model"] == name],
-                    "serve_policy": state.settings.serve_policy,
-                    "served_version": served,
-                    "not_served_because": because,
-                    "version_details": details,
-                    "promotions": status.promotions,
-                }
-            )
-        )
+        info = {
+            **record,
+            "loaded_versions": [m["version"] for m in loaded if m["model"] == name],
+            "serve_policy": state.settings.serve_policy,
+            "served_version": served,
+            "not_served_because": because,
+            "version_details": [_version_detail(status, v) for v in sorted(status.created)],
+            "promotions": status.promotions,
+        }
+        out.append(json_safe(info))
     return out
+
+
+def _version_detail(status: ModelStatus, version: int) -> dict[str, Any]:
+    detail = {
+        "version": version,
+        "created_at": status.created[version],
+        "verdict": status.verdict(version),
+    }
+    verdict = status.verdicts.get(version)
+    if verdict is not None:
+        detail["checks"] = verdict["checks"]
+        detail["diagnosed_at"] = verdict["diagnosed_at"]
+        detail["diagnosis"] = verdict["details"]
+        detail["report"] = f"/v1/models/{status.name}/versions/{version}/report"
+    return detail
 
 
 @router.get(
