@@ -98,6 +98,7 @@ def test_register_train_diagnose_jobs_reports_and_reload(served):
         "tiny",
         data=str(folder / "sims.npz"),
         prior=PRIOR,
+        estimator="nsf",
         estimator_options=options,
         train=train,
         diagnose=gate,

@@ -81,6 +81,7 @@ def test_click_through_train_diagnose_sample(browser_page, tmp_path):
         # Train two_moons with the gate right after training.
         page.fill("#train-name", "moons")
         page.select_option("#train-simulator", "two_moons")
+        page.select_option("#train-estimator", "nsf")
         page.fill("#train-num", "500")
         page.fill("#train-epochs", "5")
         page.fill("#gate-sims", "30")

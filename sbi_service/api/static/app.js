@@ -114,7 +114,7 @@ async function jobsPage() {
       <label>simulator <select id="train-simulator">${options}</select></label>
       <label>simulations <input id="train-num" type="number" min="10" value="2000"></label>
       <label>estimator <select id="train-estimator">
-        <option>nsf</option><option>maf</option><option>npse</option><option>fmpe</option></select></label>
+        <option>auto</option><option>nsf</option><option>maf</option><option>npse</option><option>fmpe</option></select></label>
       <label>seed <input id="train-seed" type="number" min="0" value="0"></label>
       <label>max epochs <input id="train-epochs" type="number" min="1" value="50"></label>
       <label><input id="train-gate" type="checkbox" checked> run the diagnostic gate after training</label>
