@@ -394,6 +394,9 @@ def serve(
         list[str] | None, typer.Option(help="model to load and warm before /readyz (repeat)")
     ] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log")] = False,
+    workers: Annotated[
+        int, typer.Option(min=1, help="server processes over one store (each batches its own)")
+    ] = 1,
 ) -> None:
     """Serve the REST API (settings from SBI_SERVICE_* variables; flags override them)."""
     from sbi_service.api.server import serve as run_server
@@ -404,7 +407,7 @@ def serve(
     if preload:
         overrides["preload_models"] = preload
     settings = get_settings().model_copy(update=overrides)
-    run_server(settings, host, port, access_log)
+    run_server(settings, host, port, access_log, workers)
 
 
 def main() -> None:

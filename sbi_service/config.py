@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     max_num_samples: int = Field(100_000, ge=1)  # per observation
     max_request_rows: int = Field(1_000_000, ge=1)  # num_obs * num_samples per request
     max_body_bytes: int = Field(8 * 2**20, ge=1024)
-    max_queue_rows: int = Field(2_000_000, ge=1)  # rows queued over all models -> 503
+    max_queue_rows: int = Field(2_000_000, ge=1)  # rows held over all models -> 503
+    # bodies held by sampling requests in flight (the memory bound) -> 503
+    max_pending_body_bytes: int = Field(32 * 2**20, ge=1024)
     batch_rows: int = Field(8192, ge=1)  # row budget of one batched forward pass
     batching: bool = True  # False: one forward pass per request (the benchmark baseline)
     request_timeout_s: float = Field(30.0, gt=0)  # default deadline; X-Request-Timeout lowers it

@@ -5,8 +5,12 @@
 state or threads inherited from the server). The worker marks the job ``running``,
 reports progress in [0, 1] at most twice a second, and finishes it as ``succeeded``
 with the workflow's result or ``failed`` with the error message. A worker exits when
-the server process that started it is gone, and a server starting up marks the jobs
-left ``queued`` or ``running`` as ``interrupted`` (``Store.mark_interrupted_jobs``).
+the server process that started it is gone.
+
+The runner's process holds a lease on each of its unfinished jobs and renews it every
+``LEASE_RENEW_S`` seconds; servers mark ``interrupted`` only the jobs whose owner is
+gone (``Store.mark_interrupted_jobs``), never another live server's, so several
+servers can share one store. An interrupted or failed job can be rerun (``rerun``).
 
 Job requests are JSON: ``{"kind": "train", ...TrainRequest fields, "train": {...
 TrainConfig fields}, "diagnose"?: {...DiagnoseRequest fields but model and version}}``
@@ -16,6 +20,7 @@ runs the gate on the version it made, so the version has its verdict when it suc
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import threading
@@ -27,10 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from sbi_service.errors import UserError
-from sbi_service.store.db import Store
+from sbi_service.store.db import INTERRUPTED, LEASE_S, Store, process_owner
 
 JOB_KINDS = ("train", "diagnose")
 PROGRESS_INTERVAL_S = 0.5
+LEASE_RENEW_S = LEASE_S / 5
+
+log = logging.getLogger("sbi_service.jobs")
 
 
 class JobRunner:
@@ -41,6 +49,9 @@ class JobRunner:
         self._executor: ProcessPoolExecutor | None = None
         self._running: dict[str, Future] = {}
         self._lock = threading.Lock()
+        self.owner = process_owner()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
 
     def submit(
         self,
@@ -51,7 +62,25 @@ class JobRunner:
         """Record and start a job; ``on_done(job_id, job)`` runs (in a thread) when it ends."""
         if kind not in JOB_KINDS:
             raise UserError(f"unknown job kind {kind!r}; expected one of {', '.join(JOB_KINDS)}")
-        job_id = self.store.create_job(kind, request)
+        job_id = self.store.create_job(kind, request, owner=self.owner)
+        self._start(job_id, kind, request, on_done)
+        return job_id
+
+    def rerun(
+        self, job_id: str, on_done: Callable[[str, dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        """Queue an interrupted or failed job again (same id and request), in this runner."""
+        job = self.store.rerun_job(job_id, self.owner)
+        self._start(job_id, job["kind"], job["request"], on_done)
+        return job
+
+    def _start(
+        self,
+        job_id: str,
+        kind: str,
+        request: dict[str, Any],
+        on_done: Callable[[str, dict[str, Any]], None] | None,
+    ) -> None:
         with self._lock:
             if self._executor is None:
                 self._executor = ProcessPoolExecutor(
@@ -60,6 +89,9 @@ class JobRunner:
                     initializer=_worker_init,
                     initargs=(os.getpid(), self.torch_threads),
                 )
+            if self._renewer is None:
+                self._renewer = threading.Thread(target=self._renew, name="job-leases", daemon=True)
+                self._renewer.start()
             future = self._executor.submit(run_job, str(self.store.home), job_id, kind, request)
             self._running[job_id] = future
 
@@ -76,10 +108,18 @@ class JobRunner:
                 on_done(job_id, self.store.get_job(job_id))
 
         future.add_done_callback(finished)
-        return job_id
+
+    def _renew(self) -> None:
+        """Renew this process's job leases until shutdown."""
+        while not self._stop.wait(LEASE_RENEW_S):
+            try:
+                self.store.renew_leases(self.owner)
+            except Exception:  # e.g. the store briefly unavailable: renew next round
+                log.exception("renewing job leases failed")
 
     def shutdown(self) -> None:
         """Stop taking jobs; jobs not finished are marked interrupted and their workers end."""
+        self._stop.set()
         with self._lock:
             executor, running = self._executor, list(self._running)
             self._executor = None
@@ -89,9 +129,7 @@ class JobRunner:
         for job_id in running:
             if self.store.get_job(job_id)["state"] in ("queued", "running"):
                 self.store.update_job(
-                    job_id,
-                    state="interrupted",
-                    error="the server stopped before the job finished; submit it again",
+                    job_id, state="interrupted", error=INTERRUPTED.format(id=job_id)
                 )
         for process in list((getattr(executor, "_processes", None) or {}).values()):
             process.terminate()
@@ -137,7 +175,7 @@ def run_job(home: str, job_id: str, kind: str, request: dict[str, Any]) -> dict[
             job_id, state="failed", error=f"internal error: {e!r}\n{traceback.format_exc()}"
         )
         return None
-    store.update_job(job_id, state="succeeded", progress=1.0, result=result)
+    store.update_job(job_id, state="succeeded", progress=1.0, result=result, error=None)
     return result
 
 

@@ -116,7 +116,69 @@ def test_job_of_a_killed_server_is_interrupted_after_restart(home):
         proc = start(home, port)
         wait_ready(url, proc)
         info = httpx.get(f"{url}/v1/jobs/{job_id}").json()
-        assert info["state"] == "interrupted" and "submit it again" in info["error"]
+        assert info["state"] == "interrupted" and "rerun" in info["error"]
+        rerun = httpx.post(f"{url}/v1/jobs/{job_id}/rerun", headers={"X-API-Key": KEY})
+        assert rerun.status_code == 202 and rerun.json() == {"id": job_id}
+        info = httpx.get(f"{url}/v1/jobs/{job_id}").json()
+        assert info["state"] in ("queued", "running") and info["error"] is None
+        again = httpx.post(f"{url}/v1/jobs/{job_id}/rerun", headers={"X-API-Key": KEY})
+        assert again.status_code == 409 and again.json()["detail"][0]["field"] == "job_id"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_a_second_server_leaves_the_first_servers_jobs_alone(home):
+    ports = free_port(), free_port()
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    first = start(home, ports[0])
+    second = None
+    try:
+        wait_ready(urls[0], first)
+        job = {
+            "kind": "train",
+            "name": "alive",
+            "data": str(home / "sims.npz"),
+            "prior": PRIOR,
+            "train": {"max_epochs": 10_000, "patience": 10_000},
+        }
+        r = httpx.post(urls[0] + "/v1/jobs", json=job, headers={"X-API-Key": KEY}, timeout=30)
+        job_id = r.json()["id"]
+        second = start(home, ports[1])
+        wait_ready(urls[1], second)
+        time.sleep(1.0)  # the second server has checked for lost jobs at start-up
+        info = httpx.get(f"{urls[1]}/v1/jobs/{job_id}").json()
+        assert info["state"] in ("queued", "running"), info
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def test_two_workers_share_one_store_and_their_metrics(home):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start(home, port, "--workers", "2", "--preload", "tiny")
+    try:
+        wait_ready(url, proc)
+        deadline = time.monotonic() + 60
+        while "sbi_loaded_models 2.0" not in httpx.get(url + "/metrics").text:
+            assert time.monotonic() < deadline, "each worker preloads its own engine"
+            time.sleep(0.2)
+        body = {"observations": [[0.1, 0.2]], "num_samples": 50, "seed": 3}
+        answers = []
+        for _ in range(20):  # a new connection each: the kernel spreads them over the workers
+            with httpx.Client() as client:
+                answers.append(client.post(url + "/v1/models/tiny/samples", json=body, timeout=30))
+        assert {r.status_code for r in answers} == {200}
+        assert all(r.json()["samples"] == answers[0].json()["samples"] for r in answers)
+        text = httpx.get(url + "/metrics").text
+        route = 'route="/v1/models/{model}/samples",status="200"'
+        assert f"sbi_requests_total{{{route}}} 20.0" in text  # summed over both workers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -16,7 +16,14 @@ from tiny_model import PRIOR, make_data, train_tiny
 
 from sbi_service.errors import UserError
 from sbi_service.estimators.posterior import Posterior
-from sbi_service.serving import DeadlineExceeded, Engine, Metrics, ModelPool, QueueFull, RowBudget
+from sbi_service.serving import (
+    Admission,
+    DeadlineExceeded,
+    Engine,
+    Metrics,
+    ModelPool,
+    Overloaded,
+)
 from sbi_service.simulators.priors import prior_from_spec
 from sbi_service.store.db import Store
 from sbi_service.workflows.models import load_posterior, sample_posterior
@@ -88,35 +95,59 @@ def test_large_request_is_split_and_reassembled(store):
 
     got, metrics = run(main())
     np.testing.assert_allclose(got, sample_posterior(posterior, OBS[:2], 500, 7), atol=1e-5)
-    assert metrics.batch_rows.count() >= 2 * 500 // 64
-    assert 'sbi_batch_rows_bucket{le="100.0"}' in metrics.render()
+    text = metrics.render()
+    passes = float(re.search(r"^sbi_batch_rows_count (\S+)$", text, re.M).group(1))
+    assert passes >= 2 * 500 // 64
+    assert 'sbi_batch_rows_bucket{le="100.0"}' in text
 
 
-def test_queue_full_deadline_and_cancellation_release_rows(store):
+def test_row_bound_deadline_and_cancellation_release_rows(store):
     async def main():
         pool = ModelPool(store, Metrics(), batch_rows=16, max_queue_rows=1000)
         try:
             slow = asyncio.ensure_future(pool.sample("tiny", None, OBS[:1], 900, 1, 60))
             await asyncio.sleep(0.05)
-            with pytest.raises(QueueFull):
+            with pytest.raises(Overloaded):
                 await pool.sample("tiny", None, OBS[:1], 200, 2, 60)
             slow.cancel()  # a client that went away: its queued rows are dropped
             for _ in range(100):
-                if pool.budget.used == 0:
+                if pool.admission.pending_rows == 0:
                     break
                 await asyncio.sleep(0.02)
-            assert pool.budget.used == 0
+            assert pool.admission.pending_rows == 0
+            # An estimate far too optimistic admits what then misses its deadline.
+            pool.admission.record_pass(10**12, 1.0)
             with pytest.raises(DeadlineExceeded):
                 await pool.sample("tiny", None, OBS[:1], 900, 3, 0.01)
             for _ in range(100):
-                if pool.budget.used == 0:
+                if pool.admission.pending_rows == 0:
                     break
                 await asyncio.sleep(0.02)
-            assert pool.budget.used == 0
+            assert pool.admission.pending_rows == 0
         finally:
             pool.close()
 
     run(main())
+
+
+def test_admission_refuses_what_cannot_finish_within_the_deadline():
+    admission = Admission(Metrics(), max_rows=10**9)
+    admission.record_pass(1000, 1.0)  # 1000 rows/s
+    admission.record_request(0.0)
+    admission.acquire(10**6, deadline=1.0)  # an idle server admits anything: it can run
+    admission.release(10**6)
+    admission.acquire(500, deadline=1.0)
+    assert admission.wait_s() == pytest.approx(0.5)
+    with pytest.raises(Overloaded) as refused:
+        admission.acquire(500, deadline=1.0)  # 0.5 s ahead + 0.5 s > 0.8 s
+    assert refused.value.retry_after == 1
+    admission.acquire(500, deadline=10.0)  # a longer deadline fits
+    with pytest.raises(Overloaded):
+        admission.check(deadline=1.0)  # 1 s of work ahead: refused before any body
+    admission.release(500)
+    admission.release(500)
+    admission.check(deadline=1.0)
+    assert admission.pending_rows == admission.pending_requests == 0
 
 
 def test_draws_outside_the_support_fail_with_user_error(store):
@@ -125,7 +156,8 @@ def test_draws_outside_the_support_fail_with_user_error(store):
     far = Posterior(
         posterior.estimator, prior_from_spec({**PRIOR, "low": [10, 10], "high": [11, 11]})
     )
-    engine = Engine(far, "far", RowBudget(10_000), Metrics())
+    metrics = Metrics()
+    engine = Engine(far, "far", Admission(metrics, 10_000), metrics)
     try:
         with pytest.raises(UserError, match="inside the prior's support"):
             run(engine.sample(torch.tensor([[0.0, 0.1]]), 50, 0, 60))

@@ -1,4 +1,9 @@
 import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -10,6 +15,7 @@ from sbi_service.estimators.posterior import Posterior
 from sbi_service.estimators.registry import build_estimator
 from sbi_service.simulators.priors import prior_from_spec
 from sbi_service.store import Store
+from sbi_service.store.db import process_owner
 
 PRIOR = {"type": "box_uniform", "low": [-3.0, -3.0], "high": [3.0, 3.0]}
 
@@ -93,6 +99,63 @@ def test_crash_during_save_leaves_previous_version_whole(tmp_path):
     assert store.get_model_version("m")["version"] == 1
     assert (tmp_path / "models/m/1/weights.safetensors").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "models/m").iterdir()) == ["1"]
+
+
+def test_only_jobs_whose_owner_is_gone_are_interrupted(tmp_path):
+    store = Store(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = store.create_job("train", {}, owner=process_owner())
+    orphan = store.create_job("train", {}, owner=f"{socket.gethostname()}:{dead.pid}")
+    remote = store.create_job("train", {}, owner="elsewhere:1")
+    assert store.mark_interrupted_jobs() == 1  # the dead process's only
+    assert [store.get_job(j)["state"] for j in (mine, orphan, remote)] == [
+        "queued",
+        "interrupted",
+        "queued",
+    ]
+    assert store.renew_leases("elsewhere:1") == 1
+    assert store.mark_interrupted_jobs(lease_s=60) == 0  # renewed: kept
+    time.sleep(1.0)
+    store.renew_leases(process_owner())
+    assert store.mark_interrupted_jobs(lease_s=0.5) == 1  # the other host's lease ran out
+    assert store.get_job(remote)["state"] == "interrupted"
+    assert store.get_job(mine)["state"] == "queued"
+    assert store.rerun_job(orphan, process_owner())["state"] == "queued"
+    with pytest.raises(UserError, match="only interrupted or failed"):
+        store.rerun_job(mine, process_owner())
+
+
+WRITER = """
+import sys
+from sbi_service.store.db import Store
+store = Store(sys.argv[1])
+for i in range(60):
+    job = store.create_job("train", {"i": i}, owner="w")
+    store.update_job(job, state="running", progress=0.5)
+    store.renew_leases("w")
+    if i % 6 == 0:
+        store.save_model_version("shared", lambda folder: (folder.mkdir(), {"i": i})[1])
+"""
+
+
+def test_two_processes_writing_at_once_lose_no_row(tmp_path):
+    Store(tmp_path)
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    for w in writers:
+        assert w.wait(120) == 0, w.stderr.read().decode()
+    store = Store(tmp_path)
+    with sqlite3.connect(tmp_path / "sbi_service.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'running'").fetchone() == (120,)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    versions = store.list_models()[0]["versions"]
+    assert versions == list(range(1, 21))
+    assert sorted(p.name for p in (tmp_path / "models/shared").iterdir()) == sorted(
+        str(v) for v in versions
+    )
 
 
 def test_jobs_record_and_interruption(tmp_path):

@@ -1,6 +1,7 @@
 """The FastAPI application: ``create_app(settings)``.
 
-At startup: jobs left running by a previous process are marked interrupted, torch
+At startup, and every ``LEASE_RENEW_S`` after: jobs whose owning process is gone are
+marked interrupted (never the jobs of another live server on the same store); torch
 gets ``settings.torch_threads`` threads (the event loop and the engine threads share
 the machine's cores), and the ``preload_models`` are loaded and warmed in the
 background; ``/readyz`` answers 503 until that is done. A watcher reloads models
@@ -23,7 +24,7 @@ from sbi_service.api.errors import install_error_handlers
 from sbi_service.api.middleware import ServiceMiddleware
 from sbi_service.api.routers import health, jobs, models, simulators, ui
 from sbi_service.config import Settings
-from sbi_service.jobs import JobRunner
+from sbi_service.jobs import LEASE_RENEW_S, JobRunner
 from sbi_service.serving import Metrics, ModelPool
 from sbi_service.store.db import Store
 
@@ -50,9 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.torch_threads > 0:
             torch.set_num_threads(settings.torch_threads)
-        interrupted = await asyncio.to_thread(store.mark_interrupted_jobs)
-        if interrupted:
-            log.warning("marked %d job(s) of a previous run as interrupted", interrupted)
+        state.spawn(_reap_jobs(state))
         state.spawn(_preload(state))
         if settings.reload_interval_s > 0:
             state.spawn(_watch_versions(state))
@@ -100,3 +99,15 @@ async def _watch_versions(state: ServiceState) -> None:
             await state.pool.refresh()
         except Exception:  # e.g. the store briefly locked; try again next round
             log.exception("checking for new model versions failed")
+
+
+async def _reap_jobs(state: ServiceState) -> None:
+    """Mark interrupted the jobs whose owning process is gone, now and periodically."""
+    while True:
+        try:
+            interrupted = await asyncio.to_thread(state.store.mark_interrupted_jobs)
+            if interrupted:
+                log.warning("marked %d job(s) whose server is gone as interrupted", interrupted)
+        except Exception:  # e.g. the store briefly locked; try again next round
+            log.exception("checking for interrupted jobs failed")
+        await asyncio.sleep(LEASE_RENEW_S)

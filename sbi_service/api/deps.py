@@ -73,7 +73,7 @@ def _presented_key(request: Request) -> str | None:
 
 def _check_key(request: Request, state: ServiceState, what: str) -> None:
     if not state.settings.api_keys:
-        state.metrics.rejections.inc("unauthorized")
+        state.metrics.rejections.labels("unauthorized").inc()
         raise ApiError(
             403,
             "Authorization",
@@ -81,7 +81,7 @@ def _check_key(request: Request, state: ServiceState, what: str) -> None:
         )
     key = _presented_key(request)
     if key is None:
-        state.metrics.rejections.inc("unauthorized")
+        state.metrics.rejections.labels("unauthorized").inc()
         raise ApiError(
             401,
             "Authorization",
@@ -89,7 +89,7 @@ def _check_key(request: Request, state: ServiceState, what: str) -> None:
             headers={"WWW-Authenticate": "Bearer"},
         )
     if not any(hmac.compare_digest(key.encode(), k.encode()) for k in state.settings.api_keys):
-        state.metrics.rejections.inc("unauthorized")
+        state.metrics.rejections.labels("unauthorized").inc()
         raise ApiError(
             401, "Authorization", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"}
         )

@@ -80,7 +80,7 @@ def _validation_message(error: dict[str, Any]) -> str:
 
 async def validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
-    if any(tuple(e.get("loc", ())) == ("body",) for e in errors) and not _is_json(request):
+    if any(tuple(e.get("loc", ())) == ("body",) for e in errors) and not is_json(request):
         _count_rejection(request, "invalid")
         message = "send the body as JSON with the header Content-Type: application/json"
         return JSONResponse(error_body("Content-Type", message), status_code=415)
@@ -113,13 +113,13 @@ async def internal_error_handler(request: Request, exc: Exception) -> JSONRespon
     return JSONResponse(error_body("server", "internal error; see the server log"), 500)
 
 
-def _is_json(request: Request) -> bool:
+def is_json(request: Request) -> bool:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     return content_type == "application/json" or content_type.endswith("+json")
 
 
 def _count_rejection(request: Request, reason: str) -> None:
-    request.app.state.sbi.metrics.rejections.inc(reason)
+    request.app.state.sbi.metrics.rejections.labels(reason).inc()
 
 
 def install_error_handlers(app: FastAPI) -> None:

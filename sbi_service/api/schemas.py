@@ -14,7 +14,7 @@ import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_NESTING = 6  # array depth: (num_obs, *x_shape) with up to 5 axes per observation
@@ -81,7 +81,12 @@ class SamplesRequest(Strict):
 
     @field_validator("observations")
     @classmethod
-    def _observations(cls, value: list[Any]) -> list[Any]:
+    def _observations(cls, value: list[Any], info: ValidationInfo) -> list[Any]:
+        """The count first (``context["max_observations"]``), then every element."""
+        limit = (info.context or {}).get("max_observations")
+        count = len(value) if isinstance(value[0], list) else 1
+        if limit is not None and count > limit:
+            raise ValueError(f"{count} observations; at most {limit} per request")
         check_numbers(value, "observations")
         return value
 

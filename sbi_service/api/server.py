@@ -3,16 +3,32 @@
 On the first signal the service keeps listening but ``/readyz`` answers 503 (a load
 balancer stops sending), in-flight requests finish, and once none is left (or
 ``drain_timeout_s`` has passed) uvicorn shuts down. A second signal exits at once.
+
+``serve(..., workers=N)`` with N > 1 runs N such servers as spawned processes over one
+listening socket (the kernel spreads connections among them) and one store. Each
+worker has its own model pool, batching engines and job runner; the supervisor
+forwards signals (each worker drains), restarts a worker that died, and points
+prometheus-client's multiprocess mode at a shared folder so every worker's
+``/metrics`` covers all of them (``serving.metrics``).
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
 import threading
 import time
+from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from prometheus_client import multiprocess
 
 from sbi_service.api.app import create_app
 from sbi_service.api.deps import ServiceState
@@ -59,7 +75,77 @@ def build_server(
 
 
 def serve(
-    settings: Settings, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    access_log: bool = False,
+    workers: int = 1,
 ) -> None:
-    """Serve until a signal (blocking)."""
-    build_server(settings, host, port, access_log).run()
+    """Serve until a signal (blocking), in this process or in ``workers`` processes."""
+    if workers <= 1:
+        build_server(settings, host, port, access_log).run()
+        return
+    Supervisor(settings, host, port, access_log, workers).run()
+
+
+class Supervisor:
+    """Starts ``workers`` server processes on one socket and keeps them running."""
+
+    def __init__(
+        self, settings: Settings, host: str, port: int, access_log: bool, workers: int
+    ) -> None:
+        self.args = (settings.model_dump_json(), host, port, access_log)
+        self.workers = workers
+        self.stopping = False
+        self.context = multiprocessing.get_context("spawn")
+        self.processes: list[BaseProcess] = []
+
+    def run(self) -> None:
+        own_folder = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+        folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp("-metrics"))
+        for stale in folder.glob("*.db"):  # a previous run's values must not be summed in
+            stale.unlink()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)  # inherited by the workers
+        host, port = self.args[1], self.args[2]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._forward)
+        try:
+            self.processes = [self._start(sock) for _ in range(self.workers)]
+            log.info("serving on http://%s:%d with %d workers", host, port, self.workers)
+            while not (self.stopping and all(not p.is_alive() for p in self.processes)):
+                time.sleep(0.5)
+                for i, process in enumerate(self.processes):
+                    if not self.stopping and not process.is_alive():
+                        log.warning("worker %d exited (%s); starting another", i, process.exitcode)
+                        multiprocess.mark_process_dead(process.pid, str(folder))
+                        self.processes[i] = self._start(sock)
+        finally:
+            sock.close()
+            if own_folder:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _start(self, sock: socket.socket) -> BaseProcess:
+        process = self.context.Process(target=_run_worker, args=(*self.args, sock), daemon=False)
+        process.start()
+        return process
+
+    def _forward(self, sig: int, frame: FrameType | None) -> None:
+        """First signal: every worker drains; a second: they exit at once (as one server)."""
+        self.stopping = True
+        for process in self.processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, sig)
+
+
+def _run_worker(
+    settings_json: str, host: str, port: int, access_log: bool, sock: socket.socket
+) -> None:
+    """One worker process: its own app, pool and engines, on the supervisor's socket."""
+    server = build_server(Settings.model_validate_json(settings_json), host, port, access_log)
+    server.run(sockets=[sock])

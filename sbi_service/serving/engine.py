@@ -46,15 +46,8 @@ from torch import Tensor
 from sbi_service.errors import UserError
 from sbi_service.estimators.base import draw_noise
 from sbi_service.estimators.posterior import Posterior
+from sbi_service.serving.admission import Admission
 from sbi_service.serving.metrics import Metrics
-
-
-class QueueFull(Exception):
-    """The row budget of the queue is spent: retry after ``retry_after`` seconds."""
-
-    def __init__(self, queued_rows: int, retry_after: int = 1):
-        super().__init__(f"the server is at capacity ({queued_rows} rows queued); retry later")
-        self.retry_after = retry_after
 
 
 class DeadlineExceeded(Exception):
@@ -63,30 +56,6 @@ class DeadlineExceeded(Exception):
 
 class EngineClosed(Exception):
     """The engine was retired (hot reload or eviction); ask the pool for the current one."""
-
-
-class RowBudget:
-    """Rows admitted and not yet finished, over all engines, bounded by ``max_rows``.
-
-    A request larger than the whole budget is still admitted into an empty queue, so
-    every request within the per-request limits can eventually run.
-    """
-
-    def __init__(self, max_rows: int):
-        self.max_rows = max_rows
-        self.used = 0
-        self._lock = threading.Lock()
-
-    def acquire(self, rows: int) -> bool:
-        with self._lock:
-            if self.used > 0 and self.used + rows > self.max_rows:
-                return False
-            self.used += rows
-            return True
-
-    def release(self, rows: int) -> None:
-        with self._lock:
-            self.used -= rows
 
 
 def make_generator(seed: int) -> torch.Generator:
@@ -133,7 +102,7 @@ class Engine:
         self,
         posterior: Posterior,
         name: str,
-        budget: RowBudget,
+        admission: Admission,
         metrics: Metrics,
         batch_rows: int = 8192,
         batching: bool = True,
@@ -141,7 +110,7 @@ class Engine:
         self.posterior = posterior
         self.estimator = posterior.estimator
         self.device = self.estimator.theta_loc.device
-        self.name, self.budget, self.metrics = name, budget, metrics
+        self.name, self.admission, self.metrics = name, admission, metrics
         self.batch_rows, self.batching = batch_rows, batching
         self._cond = threading.Condition()
         self._incoming: deque[SampleJob] = deque()
@@ -153,13 +122,16 @@ class Engine:
         self._thread.start()
 
     # -- called from other threads -------------------------------------------------------
-    def submit(self, job: SampleJob) -> Future:
-        """Queue ``job``; raises ``QueueFull`` past the row budget, ``EngineClosed`` if retired."""
-        if not self.budget.acquire(job.rows):
-            raise QueueFull(self.budget.used)
+    def submit(self, job: SampleJob, deadline: float = math.inf) -> Future:
+        """Queue ``job`` due within ``deadline`` seconds.
+
+        Raises ``Overloaded`` when the admission rule refuses it (``serving.admission``),
+        ``EngineClosed`` if the engine was retired.
+        """
+        self.admission.acquire(job.rows, deadline)
         with self._cond:
             if self._stopped or self._closing:
-                self.budget.release(job.rows)
+                self.admission.release(job.rows)
                 raise EngineClosed(self.name)
             self._incoming.append(job)
             self._cond.notify()
@@ -184,7 +156,7 @@ class Engine:
         out) drops the request's queued rows.
         """
         job = SampleJob(x, num_samples, make_generator(seed))
-        future = self.submit(job)
+        future = self.submit(job, math.inf if timeout is None else timeout)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError:
@@ -199,6 +171,9 @@ class Engine:
         """One forward pass at the training centre of x, so the first request pays no set-up."""
         x = self.estimator.unstandardize_x(torch.zeros_like(self.estimator.x_loc)).unsqueeze(0)
         self.call(lambda: self.estimator.sample(x, rows, make_generator(0))).result()
+        start = time.perf_counter()  # the second pass, set-up done, is a first estimate
+        self.call(lambda: self.estimator.sample(x, rows, make_generator(0))).result()
+        self.admission.record_pass(rows, time.perf_counter() - start)
 
     def close(self) -> None:
         """Finish the queued work, then stop the thread; later submits raise ``EngineClosed``."""
@@ -247,14 +222,15 @@ class Engine:
             self._active = [job for job in self._active if not job.finished]
 
     def _release(self, job: SampleJob) -> None:
-        """Give the job's rows back to the budget (before its client hears back)."""
+        """Give the job's rows back to admission (before its client hears back)."""
         if not job.finished:
             job.finished = True
-            self.budget.release(job.rows)
+            self.admission.release(job.rows)
 
     @torch.inference_mode()
     def _step(self, jobs: list[SampleJob]) -> None:
         """Embed newly arrived requests, then decode one batch of rows."""
+        start = time.perf_counter()
         fresh = [job for job in jobs if job.context is None]
         if fresh:
             now = time.monotonic()
@@ -277,13 +253,15 @@ class Engine:
             parts.append((job, job.next_row, take))
             job.next_row += take
             used += take
-        start = time.perf_counter()
+        decode_start = time.perf_counter()
         noise = torch.cat([job.noise[a : a + k] for job, a, k in parts])  # (used, d)
         context = torch.cat([job.context[job.obs].expand(k, -1) for job, _, k in parts])
         if self.device.type == "cuda":
             noise = noise.pin_memory().to(self.device, non_blocking=True)
         theta = self.estimator.decode(noise, context).cpu()  # the one sync of the batch
-        self.metrics.batch_seconds.observe(time.perf_counter() - start)
+        end = time.perf_counter()
+        self.metrics.batch_seconds.observe(end - decode_start)
+        self.admission.record_pass(used, end - start)
         self.metrics.batch_rows.observe(used)
         self.metrics.batch_requests.observe(len(parts))
 

@@ -1,162 +1,105 @@
-"""Prometheus metrics in the text exposition format (version 0.0.4), written by hand.
+"""The service's Prometheus metrics, with prometheus-client.
 
-Three kinds, each thread-safe (the engine threads and the event loop both record):
-``Counter`` and ``Histogram`` with labels, and ``Gauge`` whose value is read from a
-function when ``/metrics`` is scraped. ``Metrics`` holds the service's set.
+Each ``Metrics`` has its own ``CollectorRegistry`` (several apps may live in one test
+process). With ``serve --workers N`` every worker process records into files under
+``PROMETHEUS_MULTIPROC_DIR`` (set by the supervisor before any worker starts, which
+is when prometheus-client chooses where values live), and ``render`` merges all
+processes' files, so any worker's ``/metrics`` shows the whole server: counters and
+histograms summed, gauges summed over live processes.
 """
 
 from __future__ import annotations
 
-import math
-import threading
-from collections.abc import Callable, Sequence
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ROW_BUCKETS = (1, 10, 100, 1000, 2000, 4000, 8000, 16000, 32000, 64000)
 COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
-
-
-class Counter:
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()):
-        self.name, self.help, self.labelnames = name, help_text, tuple(labelnames)
-        self._values: dict[tuple[str, ...], float] = {}
-        self._lock = threading.Lock()
-
-    def inc(self, *labels: str, amount: float = 1.0) -> None:
-        with self._lock:
-            self._values[labels] = self._values.get(labels, 0.0) + amount
-
-    def value(self, *labels: str) -> float:
-        with self._lock:
-            return self._values.get(labels, 0.0)
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        with self._lock:
-            for labels, v in sorted(self._values.items()):
-                lines.append(f"{self.name}{_labels(self.labelnames, labels)} {_number(v)}")
-        return lines
-
-
-class Histogram:
-    def __init__(
-        self, name: str, help_text: str, buckets: Sequence[float], labelnames: Sequence[str] = ()
-    ):
-        self.name, self.help, self.labelnames = name, help_text, tuple(labelnames)
-        self.buckets = tuple(float(b) for b in buckets) + (math.inf,)
-        # per label set: (counts per bucket, not cumulative; sum; count)
-        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
-        self._lock = threading.Lock()
-
-    def observe(self, value: float, *labels: str) -> None:
-        with self._lock:
-            counts, total = self._series.setdefault(labels, ([0] * len(self.buckets), [0.0]))
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    counts[i] += 1
-                    break
-            total[0] += value
-
-    def count(self, *labels: str) -> int:
-        with self._lock:
-            series = self._series.get(labels)
-            return sum(series[0]) if series else 0
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        with self._lock:
-            for labels, (counts, total) in sorted(self._series.items()):
-                cumulative = 0
-                for bound, c in zip(self.buckets, counts, strict=True):
-                    cumulative += c
-                    le = f'le="{_number(bound)}"'
-                    lines.append(
-                        f"{self.name}_bucket{_labels(self.labelnames, labels, le)} {cumulative}"
-                    )
-                lab = _labels(self.labelnames, labels)
-                lines.append(f"{self.name}_sum{lab} {_number(total[0])}")
-                lines.append(f"{self.name}_count{lab} {cumulative}")
-        return lines
-
-
-class Gauge:
-    def __init__(self, name: str, help_text: str, read: Callable[[], float]):
-        self.name, self.help, self.read = name, help_text, read
-
-    def render(self) -> list[str]:
-        return [
-            f"# HELP {self.name} {self.help}",
-            f"# TYPE {self.name} gauge",
-            f"{self.name} {_number(self.read())}",
-        ]
+def multiprocess_dir() -> str | None:
+    """The folder shared by the worker processes, or None for one process."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 class Metrics:
-    """The service's metrics. Gauges are added by whoever owns the value they read."""
+    """The service's metrics (record with prometheus-client's ``labels(...).inc()`` etc.)."""
 
     def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
         self.request_latency = Histogram(
             "sbi_request_latency_seconds",
             "Time from request received to response ready, by route.",
-            LATENCY_BUCKETS,
             ("route",),
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
         )
         self.requests = Counter(
-            "sbi_requests_total", "HTTP requests by route and status code.", ("route", "status")
+            "sbi_requests",
+            "HTTP requests by route and status code.",
+            ("route", "status"),
+            registry=reg,
         )
         self.queue_wait = Histogram(
             "sbi_queue_wait_seconds",
             "Time a sampling request waits before its first rows enter a batch.",
-            LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
         )
         self.batch_rows = Histogram(
-            "sbi_batch_rows", "Rows (samples) decoded per batched forward pass.", ROW_BUCKETS
+            "sbi_batch_rows",
+            "Rows (samples) decoded per batched forward pass.",
+            buckets=ROW_BUCKETS,
+            registry=reg,
         )
         self.batch_requests = Histogram(
-            "sbi_batch_requests", "Requests that share one batched forward pass.", COUNT_BUCKETS
+            "sbi_batch_requests",
+            "Requests that share one batched forward pass.",
+            buckets=COUNT_BUCKETS,
+            registry=reg,
         )
         self.batch_seconds = Histogram(
-            "sbi_batch_seconds", "Duration of one batched forward pass.", LATENCY_BUCKETS
+            "sbi_batch_seconds",
+            "Duration of one batched forward pass.",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
         )
         self.rejections = Counter(
-            "sbi_rejections_total",
-            "Requests refused or dropped, by reason (queue_full, deadline, disconnected, "
+            "sbi_rejections",
+            "Requests refused or dropped, by reason (overloaded, deadline, disconnected, "
             "body_too_large, invalid, unauthorized, draining).",
             ("reason",),
+            registry=reg,
         )
-        self.gauges: list[Gauge] = []
-
-    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self.gauges.append(Gauge(name, help_text, read))
+        self.queue_rows = Gauge(
+            "sbi_queue_rows",
+            "Rows admitted and not yet finished.",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.loaded_models = Gauge(
+            "sbi_loaded_models",
+            "Loaded (model, version) pairs.",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.service_rate = Gauge(
+            "sbi_service_rows_per_second",
+            "Measured rows decoded per second of engine time (the admission rule's estimate).",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
 
     def render(self) -> str:
-        lines: list[str] = []
-        for metric in (
-            self.request_latency,
-            self.requests,
-            self.queue_wait,
-            self.batch_rows,
-            self.batch_requests,
-            self.batch_seconds,
-            self.rejections,
-            *self.gauges,
-        ):
-            lines.extend(metric.render())
-        return "\n".join(lines) + "\n"
+        """The text exposition format: this process's metrics, or every worker's."""
+        folder = multiprocess_dir()
+        if folder is None:
+            return generate_latest(self.registry).decode()
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=folder)
+        return generate_latest(merged).decode()

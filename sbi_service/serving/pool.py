@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from sbi_service.errors import UserError
-from sbi_service.serving.engine import Engine, EngineClosed, RowBudget
+from sbi_service.serving.admission import Admission
+from sbi_service.serving.engine import Engine, EngineClosed
 from sbi_service.serving.metrics import Metrics
 from sbi_service.serving.policy import POLICIES, ModelStatus, NotServable
 from sbi_service.store.db import Store
@@ -59,15 +60,11 @@ class ModelPool:
             raise ValueError(f"unknown serve policy {policy!r}; expected one of {POLICIES}")
         self.store, self.metrics, self.device, self.policy = store, metrics, device, policy
         self.cache_size, self.batch_rows, self.batching = cache_size, batch_rows, batching
-        self.budget = RowBudget(max_queue_rows)
+        self.admission = Admission(metrics, max_queue_rows)
         self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
         self._latest: dict[str, int] = {}  # model -> the version served as latest
         self._status: dict[str, ModelStatus] = {}  # model -> its store snapshot
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
-        metrics.gauge(
-            "sbi_queue_rows", "Rows admitted and not yet finished.", lambda: self.budget.used
-        )
-        metrics.gauge("sbi_loaded_models", "Loaded (model, version) pairs.", lambda: len(self))
 
     def __len__(self) -> int:
         return len(self._models)
@@ -165,6 +162,7 @@ class ModelPool:
         self._latest[name] = new.version
         if old is not None and (name, old) in self._models:
             self._models.pop((name, old)).engine.close()  # finishes its queue, then stops
+            self.metrics.loaded_models.set(len(self._models))
         return new
 
     async def promote(self, name: str, version: int, force: bool, actor: str) -> LoadedModel:
@@ -195,6 +193,7 @@ class ModelPool:
         for model in self._models.values():
             model.engine.join(timeout)
         self._models.clear()
+        self.metrics.loaded_models.set(0)
 
     @property
     def idle(self) -> bool:
@@ -205,7 +204,7 @@ class ModelPool:
         engine = Engine(
             posterior,
             f"{name}-v{version}",
-            self.budget,
+            self.admission,
             self.metrics,
             batch_rows=self.batch_rows,
             batching=self.batching,
@@ -220,3 +219,4 @@ class ModelPool:
             if self._latest.get(name) == version:
                 del self._latest[name]
             evicted.engine.close()
+        self.metrics.loaded_models.set(len(self._models))

@@ -10,6 +10,17 @@ A model version is written into a temporary folder beside its final place and
 renamed into place only when complete; its database row is inserted after the
 rename in one transaction. A crash at any point leaves earlier versions untouched
 and never a row pointing at a half-written folder.
+
+Several processes (``serve --workers N``, job workers, the CLI) use one database at
+once: it runs in WAL mode (readers never block the writer), every write is one short
+``BEGIN IMMEDIATE`` transaction, and a writer waits up to ``BUSY_TIMEOUT_S`` for the
+lock instead of failing.
+
+A job is leased: its row names the process that holds it (``owner``, host:pid) and
+that process renews ``heartbeat_at`` every few seconds while the job is queued or
+running (``renew_leases``). ``mark_interrupted_jobs`` marks a job interrupted only
+when its owner is really gone: a process of this host that no longer exists, or a
+lease not renewed for ``LEASE_S`` seconds. A live server's jobs are never touched.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import time
 import uuid
@@ -74,6 +86,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL
 );
 """
+# Columns added after the first release; added to older databases on open.
+JOB_LEASE_COLUMNS = {"owner": "TEXT", "heartbeat_at": "REAL"}  # host:pid, its last renewal
+BUSY_TIMEOUT_S = 30.0
+LEASE_S = 15.0  # a job whose lease was not renewed for this long has lost its owner
+INTERRUPTED = "the server stopped before the job finished; rerun it (POST /v1/jobs/{id}/rerun)"
 
 DIAGNOSTICS_DIR = "diagnostics"
 VERDICT_DETAILS = (
@@ -104,16 +121,17 @@ class Store:
         self.models_dir = self.home / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.home / "sbi_service.db"
-        db = sqlite3.connect(self.db_path, timeout=30)
+        db = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            _add_columns(db, "jobs", JOB_LEASE_COLUMNS)
         finally:
             db.close()
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        db = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -313,14 +331,15 @@ class Store:
         ]
 
     # -- jobs ----------------------------------------------------------------------
-    def create_job(self, kind: str, request: dict[str, Any]) -> str:
+    def create_job(self, kind: str, request: dict[str, Any], owner: str | None = None) -> str:
+        """A new ``queued`` job, leased to ``owner`` (see ``process_owner``) if given."""
         job_id = uuid.uuid4().hex[:16]
         now = time.time()
         with self._connect() as db:
             db.execute(
-                "INSERT INTO jobs (id, kind, state, progress, request, created_at, updated_at) "
-                "VALUES (?, ?, 'queued', 0, ?, ?, ?)",
-                (job_id, kind, json.dumps(request), now, now),
+                "INSERT INTO jobs (id, kind, state, progress, request, created_at, updated_at, "
+                "owner, heartbeat_at) VALUES (?, ?, 'queued', 0, ?, ?, ?, ?, ?)",
+                (job_id, kind, json.dumps(request), now, now, owner, now if owner else None),
             )
         return job_id
 
@@ -353,15 +372,86 @@ class Store:
             ).fetchall()
         return [_job_row(r) for r in rows]
 
-    def mark_interrupted_jobs(self) -> int:
-        """Jobs left queued or running by a previous process: mark them interrupted."""
+    def renew_leases(self, owner: str) -> int:
+        """Renew the lease of every queued or running job that ``owner`` holds."""
         with self._connect() as db:
             cur = db.execute(
-                "UPDATE jobs SET state = 'interrupted', error = 'the server stopped before the job "
-                "finished; submit it again', updated_at = ? WHERE state IN ('queued', 'running')",
-                (time.time(),),
+                "UPDATE jobs SET heartbeat_at = ? "
+                "WHERE owner = ? AND state IN ('queued', 'running')",
+                (time.time(), owner),
             )
             return cur.rowcount
+
+    def rerun_job(self, job_id: str, owner: str) -> dict[str, Any]:
+        """Put an interrupted or failed job back in the queue, leased to ``owner``."""
+        job = self.get_job(job_id)
+        now = time.time()
+        with self._connect() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'queued', progress = 0, result = NULL, error = NULL, "
+                "owner = ?, heartbeat_at = ?, updated_at = ? "
+                "WHERE id = ? AND state IN ('interrupted', 'failed')",
+                (owner, now, now, job_id),
+            )
+        if cur.rowcount == 0:
+            raise UserError(
+                f"job {job_id!r} is {job['state']}: only interrupted or failed jobs can be rerun"
+            )
+        return self.get_job(job_id)
+
+    def mark_interrupted_jobs(self, lease_s: float = LEASE_S) -> int:
+        """Mark interrupted the queued or running jobs whose owner is gone (module docstring)."""
+        now = time.time()
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT id, owner, heartbeat_at FROM jobs WHERE state IN ('queued', 'running')"
+            ).fetchall()
+            lost = [
+                r
+                for r in rows
+                if r["heartbeat_at"] is None
+                or r["heartbeat_at"] < now - lease_s
+                or _owner_gone(r["owner"])
+            ]
+            for r in lost:  # unchanged since read: a renewal in between keeps the job
+                db.execute(
+                    "UPDATE jobs SET state = 'interrupted', error = ?, updated_at = ? WHERE id = ? "
+                    "AND state IN ('queued', 'running') AND heartbeat_at IS ?",
+                    (INTERRUPTED.format(id=r["id"]), now, r["id"], r["heartbeat_at"]),
+                )
+        return len(lost)
+
+
+def process_owner() -> str:
+    """This process as a lease owner: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_gone(owner: str | None) -> bool:
+    """True when ``owner`` is a process of this host that no longer exists."""
+    if not owner:
+        return True
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's process: only its lease can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _add_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns.items():
+        if name not in have:
+            try:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as e:  # another process added it just now
+                if "duplicate column" not in str(e):
+                    raise
 
 
 def _job_row(row: sqlite3.Row) -> dict[str, Any]:

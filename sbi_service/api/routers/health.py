@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from sbi_service.api.deps import ServiceState, get_state
+from sbi_service.serving.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
 
@@ -30,8 +33,7 @@ async def readyz(state: ServiceState = Depends(get_state)) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(state: ServiceState = Depends(get_state)) -> PlainTextResponse:
-    """Prometheus text format 0.0.4."""
-    return PlainTextResponse(
-        state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-    )
+async def metrics(state: ServiceState = Depends(get_state)) -> Response:
+    """Prometheus text format 0.0.4 (every worker process's, with ``serve --workers N``)."""
+    text = await asyncio.to_thread(state.metrics.render)
+    return Response(text, media_type=CONTENT_TYPE)

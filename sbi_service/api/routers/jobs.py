@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query
@@ -34,6 +35,32 @@ async def create_job(
         await asyncio.to_thread(_check_diagnose, request)
     else:
         await asyncio.to_thread(_check_train, state, request)
+    on_done = _reload_when_trained(state)
+    job_id = await asyncio.to_thread(state.jobs.submit, body.kind, request, on_done)
+    return {"id": job_id}
+
+
+@router.post(
+    "/{job_id}/rerun",
+    status_code=202,
+    response_model=JobCreated,
+    dependencies=[Depends(require_key)],
+    responses={409: {"model": ErrorResponse}},
+)
+async def rerun_job(job_id: str, state: ServiceState = Depends(get_state)) -> dict[str, str]:
+    """Run an interrupted or failed job again (same id, same request); 409 for other states."""
+    on_done = _reload_when_trained(state)
+    try:
+        await asyncio.to_thread(state.jobs.rerun, job_id, on_done)
+    except NotFoundError as e:
+        raise field_error(e, "job_id") from None
+    except UserError as e:
+        raise ApiError(409, "job_id", str(e)) from None
+    return {"id": job_id}
+
+
+def _reload_when_trained(state: ServiceState) -> Callable[[str, dict[str, Any]], None]:
+    """A job's ``on_done``: a newly trained version of a model this server serves is swapped in."""
     loop = asyncio.get_running_loop()
 
     def on_done(job_id: str, job: dict[str, Any]) -> None:
@@ -42,8 +69,7 @@ async def create_job(
             name = job["result"]["model"]
             loop.call_soon_threadsafe(state.spawn, state.pool.refresh([name]))
 
-    job_id = await asyncio.to_thread(state.jobs.submit, body.kind, request, on_done)
-    return {"id": job_id}
+    return on_done
 
 
 def _check_train(state: ServiceState, request: dict[str, Any]) -> None:

@@ -12,16 +12,19 @@ import asyncio
 import io
 import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ValidationError
 
 from sbi_service.api.deps import ServiceState, caller, get_state, read_access, require_key
-from sbi_service.api.errors import ApiError, field_error
+from sbi_service.api.errors import ApiError, field_error, is_json
 from sbi_service.api.responses import json_safe
 from sbi_service.api.schemas import (
     ErrorResponse,
@@ -35,7 +38,7 @@ from sbi_service.api.schemas import (
 )
 from sbi_service.diagnostics.report import REPORT_HTML, REPORT_JSON
 from sbi_service.errors import NotFoundError, UserError
-from sbi_service.serving import DeadlineExceeded, QueueFull
+from sbi_service.serving import DeadlineExceeded, Overloaded
 from sbi_service.serving.engine import new_seed
 from sbi_service.serving.policy import ModelStatus, NotServable
 from sbi_service.workflows.models import summarize
@@ -44,6 +47,11 @@ NPY = "application/x-npy"
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 503, 504)
 }
+
+# Bodies and results up to this size are parsed and encoded on the event loop (cheaper
+# than a thread hop); larger ones in a thread, so the loop keeps answering (/healthz).
+INLINE_BYTES = 64 * 1024
+INLINE_VALUES = 20_000
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS)
 
@@ -146,10 +154,15 @@ async def report(
     response_model=SamplesResponse,
     dependencies=[Depends(read_access)],
     responses={200: {"content": {NPY: {}}, "description": "JSON, or .npy bytes"}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": SamplesRequest.model_json_schema()}},
+        }
+    },
 )
 async def sample(
     model: str,
-    body: SamplesRequest,
     request: Request,
     state: ServiceState = Depends(get_state),
     accept: str | None = Header(None),
@@ -158,17 +171,16 @@ async def sample(
     """Posterior samples (num_obs, num_samples, dim_theta) for each observation.
 
     Requests from all clients are batched together; a request's samples depend only on
-    its seed. ``X-Request-Timeout: SECONDS`` lowers the deadline (504 past it); a full
-    queue answers 503 with ``Retry-After``.
+    its seed. ``X-Request-Timeout: SECONDS`` lowers the deadline (504 past it). A
+    request the server cannot serve within its deadline now answers 503 with
+    ``Retry-After`` (``sbi_service.serving.admission``). The body is parsed off the
+    event loop, and the observation count is checked before any element is.
     """
     s = state.settings
     timeout = _timeout(x_request_timeout, s.request_timeout_s)
+    body = await _parse(request, SamplesRequest, {"max_observations": s.max_observations})
     observations = np.asarray(body.observations, dtype=np.float32)
     num_obs = observations.shape[0]
-    if num_obs > s.max_observations:
-        raise ApiError(
-            422, "observations", f"{num_obs} observations; at most {s.max_observations} per request"
-        )
     if body.num_samples > s.max_num_samples:
         raise ApiError(422, "num_samples", f"at most {s.max_num_samples}, got {body.num_samples}")
     if num_obs * body.num_samples > s.max_request_rows:
@@ -189,11 +201,10 @@ async def sample(
         raise field_error(e, "version" if body.version is not None else "model") from None
     except UserError as e:
         raise field_error(e, "observations") from None
-    except QueueFull as e:
-        state.metrics.rejections.inc("queue_full")
-        raise ApiError(503, "body", str(e), {"Retry-After": str(e.retry_after)}) from None
+    except Overloaded as e:
+        raise overloaded(state, e) from None
     except DeadlineExceeded as e:
-        state.metrics.rejections.inc("deadline")
+        state.metrics.rejections.labels("deadline").inc()
         raise ApiError(504, "X-Request-Timeout", f"deadline exceeded: {e}") from None
     except _ClientGone:
         return Response(status_code=499)
@@ -202,17 +213,57 @@ async def sample(
     headers = {**_served(model, loaded.version, verdict), "X-Seed": str(seed)}
     if accept is not None and NPY in accept:
         return _npy(samples, headers)
-    payload: dict[str, Any] = {
+    meta: dict[str, Any] = {
         "model": model,
         "version": loaded.version,
         "verdict": verdict,
         "seed": seed,
     }
-    if body.return_samples:
+    encode = partial(_encode, meta, samples, body.return_samples, body.summary, body.credible_level)
+    content = encode() if samples.size <= INLINE_VALUES else await asyncio.to_thread(encode)
+    return Response(content, media_type="application/json", headers=headers)
+
+
+def _encode(
+    meta: dict[str, Any],
+    samples: np.ndarray,
+    return_samples: bool,
+    summary: bool,
+    level: float,
+) -> str:
+    payload = dict(meta)
+    if return_samples:
         payload["samples"] = samples.tolist()
-    if body.summary:
-        payload["summary"] = _summary(samples, body.credible_level)
-    return Response(json.dumps(payload), media_type="application/json", headers=headers)
+    if summary:
+        payload["summary"] = _summary(samples, level)
+    return json.dumps(payload)
+
+
+async def _parse(request: Request, schema: type[BaseModel], context: dict[str, Any]) -> Any:
+    """The JSON body checked against ``schema``: inline when small, else in a thread.
+
+    Errors are the same 415/422 answers FastAPI gives for a declared body.
+    """
+    if not is_json(request):
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+        )
+    raw = await request.body()
+
+    def validate() -> Any:
+        try:
+            return schema.model_validate_json(raw, context=context)
+        except ValidationError as e:
+            errors = [{**err, "loc": ("body", *err["loc"])} for err in e.errors()]
+            raise RequestValidationError(errors) from None
+
+    return validate() if len(raw) <= INLINE_BYTES else await asyncio.to_thread(validate)
+
+
+def overloaded(state: ServiceState, e: Overloaded) -> ApiError:
+    """503 + Retry-After for a request the admission rule refused."""
+    state.metrics.rejections.labels("overloaded").inc()
+    return ApiError(503, "body", str(e), {"Retry-After": str(e.retry_after)})
 
 
 def _served(model: str, version: int, verdict: str) -> dict[str, str]:
@@ -262,7 +313,7 @@ async def _unless_disconnected(request: Request, state: ServiceState, work: Any)
     if task.done():
         return task.result()
     task.cancel()
-    state.metrics.rejections.inc("disconnected")
+    state.metrics.rejections.labels("disconnected").inc()
     raise _ClientGone
 
 
