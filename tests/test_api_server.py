@@ -44,7 +44,7 @@ def start(home, port: int, *flags: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 60) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 180) -> None:
     deadline = time.monotonic() + seconds
     while True:
         assert proc.poll() is None, "the server exited"
@@ -163,7 +163,7 @@ def test_two_workers_share_one_store_and_their_metrics(home):
     proc = start(home, port, "--workers", "2", "--preload", "tiny")
     try:
         wait_ready(url, proc)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while "sbi_loaded_models 2.0" not in httpx.get(url + "/metrics").text:
             assert time.monotonic() < deadline, "each worker preloads its own engine"
             time.sleep(0.2)
