@@ -119,11 +119,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(home: Path, port: int, batching: bool) -> subprocess.Popen:
+def start_server(home: Path, port: int, batching: bool, *flags: str) -> subprocess.Popen:
     env = {**os.environ, "SBI_SERVICE_HOME": str(home), "SBI_SERVICE_RELOAD_INTERVAL_S": "0"}
     flag = "--batching" if batching else "--no-batching"
     cmd = [sys.executable, "-m", "sbi_service", "serve", "--port", str(port), "--preload", MODEL]
-    proc = subprocess.Popen([*cmd, flag], env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*cmd, flag, *flags], env=env, stderr=subprocess.DEVNULL)
     import httpx
 
     deadline = time.monotonic() + 120

@@ -1,0 +1,316 @@
+"""Overload: an open loop at twice the measured capacity, then back to normal.
+
+    python benchmarks/load.py [--seconds 60] [--deadline 2] [--workers 1]
+
+1. Trains the two_moons NSF of ``benchmarks/serving.py`` and starts ``sbi-service serve``
+   on 127.0.0.1 (a subprocess).
+2. Capacity: a closed loop of 32 clients for ``--calibrate`` seconds, 1 observation x 100
+   samples per request; then the normal latency: an open loop at half that rate.
+3. Overload: an open loop (Poisson arrivals, which do not wait for answers) at twice the
+   capacity for ``--seconds``, each request with ``X-Request-Timeout: --deadline``; then
+   ``--after`` seconds at half the capacity again.
+4. Hostile bodies: three 8 MiB anonymous bodies at once.
+
+Throughout, ``/healthz`` is polled every 50 ms on its own connection, and the server's
+resident memory is read from /proc every 0.25 s. Prints: requests sent, shed fraction
+(503, and how many carried Retry-After), 500s (must be 0), other statuses, client
+timeouts (no answer within deadline + 3 s), p50/p99 latency during and after the
+overload, the recovery time (from the end of the overload to the last request after it
+slower than twice the normal p99), /healthz max latency, and max RSS. Every loop is
+bounded in count and time; loopback only. Writes ``benchmarks/results/load.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serving import MODEL, OBSERVATION, free_port, start_server, stop_server, train  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+MAX_CONNECTIONS = 512
+
+
+class Client:
+    """A raw HTTP/1.1 keep-alive client over a pool of loopback connections."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.open = 0
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: str = "", timeout: float = 10
+    ) -> tuple[int, dict[str, str], float]:
+        """(status, headers, seconds); status 0 for a client timeout or a refused connection."""
+        start = time.perf_counter()
+        if self.idle:
+            reader, writer = self.idle.pop()
+        elif self.open < MAX_CONNECTIONS:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                return 0, {}, time.perf_counter() - start
+            self.open += 1
+        else:
+            return -1, {}, 0.0  # the client ran out of connections: counted apart
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        try:
+            writer.write(head + body)
+            status, answer = await asyncio.wait_for(_read(reader), timeout)
+        except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError):
+            writer.close()
+            self.open -= 1
+            return 0, {}, time.perf_counter() - start
+        if answer.get("connection") == "close":
+            writer.close()
+            self.open -= 1
+        else:
+            self.idle.append((reader, writer))
+        return status, answer, time.perf_counter() - start
+
+
+async def _read(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    status = int((await reader.readline()).split()[1])
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) != b"\r\n":
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    await reader.readexactly(int(headers.get("content-length", 0)))
+    return status, headers
+
+
+def sample_body(seed: int, num_samples: int = 100) -> bytes:
+    body = {"observations": [OBSERVATION], "num_samples": num_samples, "seed": seed}
+    return json.dumps(body).encode()
+
+
+async def closed_loop(port: int, clients: int, seconds: float, max_requests: int) -> float:
+    """Requests per second that ``clients`` back-to-back clients get served."""
+    client, done, stop = Client(port), [0], time.perf_counter() + seconds
+
+    async def one(i: int) -> None:
+        while time.perf_counter() < stop and done[0] < max_requests:
+            status, _, _ = await client.request(
+                "POST", f"/v1/models/{MODEL}/samples", sample_body(i)
+            )
+            done[0] += status == 200
+
+    start = time.perf_counter()
+    await asyncio.gather(*[one(i) for i in range(clients)])
+    return done[0] / (time.perf_counter() - start)
+
+
+async def open_loop(
+    port: int, rate: float, seconds: float, deadline: float, num_samples: int = 100
+) -> list[dict]:
+    """Poisson arrivals at ``rate``/s for ``seconds``; one record per request."""
+    client, rng, records, tasks = Client(port), random.Random(0), [], []
+    headers = f"X-Request-Timeout: {deadline}\r\n"
+
+    async def one(seed: int, sent: float) -> None:
+        status, answer, took = await client.request(
+            "POST",
+            f"/v1/models/{MODEL}/samples",
+            sample_body(seed, num_samples),
+            headers,
+            timeout=deadline + 3,
+        )
+        records.append(
+            {"sent": sent, "status": status, "seconds": took, "retry": "retry-after" in answer}
+        )
+
+    start = time.perf_counter()
+    next_at, seed = start, 0
+    max_requests = int(rate * seconds * 2) + 10
+    while next_at < start + seconds and seed < max_requests:
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        tasks.append(asyncio.ensure_future(one(seed, next_at)))
+        seed += 1
+        next_at += rng.expovariate(rate)
+    await asyncio.gather(*tasks)
+    return records
+
+
+async def poll_health(port: int, stop: asyncio.Event) -> list[float]:
+    client, latencies = Client(port), []
+    while not stop.is_set():
+        status, _, took = await client.request("GET", "/healthz", timeout=10)
+        latencies.append(took if status == 200 else float("inf"))
+        await asyncio.sleep(0.05)
+    return latencies
+
+
+async def watch_rss(pids: list[int], stop: asyncio.Event) -> list[float]:
+    """Resident MB of the server processes, summed, every 0.25 s."""
+    samples = []
+    while not stop.is_set():
+        total = 0
+        for pid in pids:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        samples.append(total / 1024)
+        await asyncio.sleep(0.25)
+    return samples
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def summarize(records: list[dict]) -> dict:
+    ok = [r["seconds"] for r in records if r["status"] == 200]
+    statuses: dict[int, int] = {}
+    for r in records:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    shed = [r for r in records if r["status"] == 503]
+    return {
+        "requests": len(records),
+        "ok": len(ok),
+        "shed_503": len(shed),
+        "shed_with_retry_after": sum(r["retry"] for r in shed),
+        "errors_500": statuses.get(500, 0),
+        "client_timeouts": statuses.get(0, 0),
+        "client_out_of_connections": statuses.get(-1, 0),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "p50_ms": 1e3 * percentile(ok, 0.5),
+        "p99_ms": 1e3 * percentile(ok, 0.99),
+    }
+
+
+async def hostile_bodies(port: int) -> list[int]:
+    """Three 8 MiB bodies of observations at once (below the default 8 MiB limit)."""
+    row = "[0.123456, 0.654321],"
+    count = (8 * 2**20 - 100) // len(row)
+    body = ('{"observations": [' + row * (count - 1) + '[0.1, 0.2]], "num_samples": 1}').encode()
+    client = Client(port)
+    answers = await asyncio.gather(
+        *[client.request("POST", f"/v1/models/{MODEL}/samples", body, timeout=60) for _ in range(3)]
+    )
+    return [status for status, _, _ in answers]
+
+
+async def run(port: int, pids: list[int], args: argparse.Namespace) -> dict:
+    capacity = await closed_loop(port, 32, args.calibrate, 20_000)
+    normal = summarize(await open_loop(port, capacity / 2, args.calibrate, args.deadline))
+    stop = asyncio.Event()
+    health = asyncio.ensure_future(poll_health(port, stop))
+    rss = asyncio.ensure_future(watch_rss(pids, stop))
+    over_start = time.perf_counter()
+    during_task = asyncio.ensure_future(open_loop(port, 2 * capacity, args.seconds, args.deadline))
+    await asyncio.sleep(args.seconds)
+    over_end = time.perf_counter()
+    after = await open_loop(port, capacity / 2, args.after, args.deadline)
+    during = await during_task
+    hostile_start = time.perf_counter()
+    hostile = await hostile_bodies(port)
+    hostile_seconds = time.perf_counter() - hostile_start
+    stop.set()
+    health_latencies, rss_samples = await health, await rss
+
+    slow = 2 * normal["p99_ms"] / 1e3
+    late = [r["sent"] + r["seconds"] - over_end for r in after if r["seconds"] > slow]
+    return {
+        "capacity_requests_per_s": capacity,
+        "offered_requests_per_s": 2 * capacity,
+        "deadline_s": args.deadline,
+        "overload_seconds": over_end - over_start,
+        "normal": normal,
+        "during": summarize(during),
+        "after": summarize(after),
+        "recovery_s": max([0.0, *late]),
+        "healthz_max_ms": 1e3 * max(health_latencies),
+        "healthz_polls": len(health_latencies),
+        "rss_max_mb": max(rss_samples),
+        "rss_start_mb": rss_samples[0],
+        "hostile_statuses": hostile,
+        "hostile_seconds": hostile_seconds,
+    }
+
+
+def report(r: dict) -> str:
+    d, a, n = r["during"], r["after"], r["normal"]
+    lines = [
+        f"capacity (closed loop, 32 clients, 1 x 100 samples): "
+        f"{r['capacity_requests_per_s']:.0f} req/s; offered {r['offered_requests_per_s']:.0f} "
+        f"req/s for {r['overload_seconds']:.0f} s; deadline {r['deadline_s']:g} s",
+        "",
+        "| phase | requests | 200 | 503 (with Retry-After) | 500 | client timeouts "
+        "| p50 ms | p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, s in (("normal (half capacity)", n), ("overload (2x capacity)", d), ("after", a)):
+        lines.append(
+            f"| {name} | {s['requests']} | {s['ok']} | {s['shed_503']} "
+            f"({s['shed_with_retry_after']}) | {s['errors_500']} | {s['client_timeouts']} | "
+            f"{s['p50_ms']:.0f} | {s['p99_ms']:.0f} |"
+        )
+    shed = d["shed_503"] / max(d["requests"], 1)
+    lines += [
+        "",
+        f"- shed fraction during the overload: {shed:.1%}; statuses {d['statuses']}",
+        f"- recovery: the last slow request (> 2x the normal p99) after the overload ended "
+        f"{r['recovery_s']:.2f} s after it",
+        f"- /healthz: max {r['healthz_max_ms']:.0f} ms over {r['healthz_polls']} polls",
+        f"- resident memory: {r['rss_start_mb']:.0f} MB at the start, max {r['rss_max_mb']:.0f} MB",
+        f"- three 8 MiB bodies at once: statuses {r['hostile_statuses']} in "
+        f"{r['hostile_seconds']:.2f} s",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seconds", type=float, default=60.0, help="of overload")
+    parser.add_argument("--after", type=float, default=10.0, help="seconds of normal load after")
+    parser.add_argument("--calibrate", type=float, default=5.0)
+    parser.add_argument("--deadline", type=float, default=2.0, help="X-Request-Timeout, s")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sbi-load-bench-") as tmp:
+        home = Path(tmp)
+        train(home, args.epochs)
+        port = free_port()
+        proc = start_server(home, port, True, "--workers", str(args.workers))
+        try:
+            pids = [proc.pid, *_children(proc.pid)]
+            result = asyncio.run(run(port, pids, args))
+        finally:
+            stop_server(proc)
+    result["workers"] = args.workers
+    text = report(result)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "load.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "load.md").write_text(
+        "# Overload benchmark (benchmarks/load.py)\n\n"
+        f"{os.cpu_count()} CPUs, workers={args.workers}\n\n{text}\n"
+    )
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+if __name__ == "__main__":
+    main()
