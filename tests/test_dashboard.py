@@ -103,6 +103,9 @@ def test_click_through_train_diagnose_sample(browser_page, tmp_path):
         assert verdict.upper() in frame.locator("h1").text_content()
         assert frame.locator("text=TARP expected coverage").count() == 1
         page.screenshot(path=str(shots / "dashboard-models.png"), full_page=True)
+        row.query_selector(".promote").click()  # recorded, and listed under the model
+        page.wait_for_selector(".model li:has-text('v1 by key sha256:')")
+        row = page.wait_for_selector(".version-row[data-model=moons][data-version='1']")
 
         # Diagnose again from the models page: a second job, followed live.
         page.fill("#gate-sims", "30")

@@ -70,6 +70,7 @@ async function modelsPage() {
         <td>${new Date(v.created_at * 1000).toLocaleString()}</td>
         <td>${report}
           <button class="diagnose" data-model="${esc(m.model)}" data-version="${v.version}">diagnose</button>
+          <button class="promote" data-model="${esc(m.model)}" data-version="${v.version}">serve this</button>
           <a href="#sample?model=${encodeURIComponent(m.model)}&version=${v.version}">sample</a></td></tr>`;
     }).join("");
     const promotions = m.promotions.map((p) =>
@@ -100,6 +101,18 @@ async function modelsPage() {
     await api("/v1/jobs", { method: "POST", json: {
       kind: "diagnose", model: b.dataset.model, version: Number(b.dataset.version), ...gate } });
     location.hash = "#jobs";
+  })));
+  page.querySelectorAll(".promote").forEach((b) => b.addEventListener("click", () => run(async () => {
+    const path = `/v1/models/${encodeURIComponent(b.dataset.model)}/reload`;
+    const version = Number(b.dataset.version);
+    try {
+      await api(path, { method: "POST", json: { version } });
+    } catch (e) {
+      // 409: the policy refuses this version; an operator may force it (recorded).
+      if (!e.message.startsWith("409") || !confirm(`${e.message}\n\nForce v${version}?`)) throw e;
+      await api(path, { method: "POST", json: { version, force: true } });
+    }
+    await modelsPage();
   })));
 }
 
