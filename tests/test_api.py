@@ -353,11 +353,11 @@ def test_client_disconnect_drops_queued_work(env):
             )
             time.sleep(0.3)
         state = c.app_state
-        deadline = time.monotonic() + 10
-        while state.pool.admission.pending_rows:
+        deadline = time.monotonic() + 30
+        seen = 'sbi_rejections_total{reason="disconnected"} 1.0'
+        while state.pool.admission.pending_rows or seen not in c.get("/metrics").text:
             assert time.monotonic() < deadline, "the disconnected request's rows were not dropped"
             time.sleep(0.05)
-        assert 'sbi_rejections_total{reason="disconnected"} 1.0' in c.get("/metrics").text
 
 
 def test_hot_reload_of_a_new_version(env, tmp_path):
@@ -392,7 +392,7 @@ def test_train_job_runs_in_a_worker_process(client, env):
     r = client.post("/v1/jobs", json=job, headers=AUTH)
     assert r.status_code == 202
     job_id = r.json()["id"]
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a fresh worker process imports torch: slow when busy
     while (info := client.get(f"/v1/jobs/{job_id}").json())["state"] in ("queued", "running"):
         assert time.monotonic() < deadline, info
         time.sleep(0.2)
