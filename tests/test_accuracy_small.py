@@ -1,18 +1,20 @@
-"""A small version of benchmarks/accuracy.py: a regression in training or flows fails CI.
+"""A small version of benchmarks/accuracy.py: a regression in the defaults fails CI.
 
-The default nsf with the default training loop, 2,000 simulations, one benchmark
-observation, C2ST (fast method, 2,000 + 2,000 samples) against the exact reference
-posterior, and the CPU time of training. The bounds are loose (the benchmark's
-10^4-simulation numbers are far better); they catch a broken loop or architecture, not
-a small loss of accuracy.
+The CLI's default estimator (``auto``) with the default training loop on 1,000
+two_moons simulations (the table's smallest budget), one benchmark observation, C2ST
+(fast method, 2,000 + 2,000 samples) against the exact reference posterior, and the CPU
+time of training. The bounds are the figures this test measured when the defaults were
+set (C2ST 0.646, 149 CPU s for the four members on the development machine while it
+ran six other jobs on its two cores) plus a margin for initialization noise: they catch
+a broken loop, architecture or rule, and a drift far from the table's 10^3 column.
 """
 
 import time
 
-import pytest
 import torch
 
 from sbi_service.diagnostics.c2st import c2st
+from sbi_service.estimators.auto import estimator_config
 from sbi_service.estimators.posterior import Posterior
 from sbi_service.estimators.registry import build_estimator
 from sbi_service.estimators.train import train
@@ -22,25 +24,26 @@ from sbi_service.simulators.simulate import simulate
 from sbi_service.simulators.tasks import BUILTIN_TASKS
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("task_name", ["two_moons", "gaussian_linear"])
-def test_nsf_accuracy_at_2000_simulations(task_name: str) -> None:
+def test_default_estimator_accuracy_at_1000_two_moons_simulations() -> None:
     torch.manual_seed(0)
-    task = BUILTIN_TASKS[task_name]()
-    theta, x = simulate(task, 2000, seed=0)
-    estimator = build_estimator(
-        {"kind": "nsf", "dim_theta": task.prior.dim, "x_shape": list(task.x_shape)}
-    )
+    task = BUILTIN_TASKS["two_moons"]()
+    theta, x = simulate(task, 1000, seed=0)
+    config = estimator_config("auto", task.prior.dim, task.x_shape, len(theta))
+    estimator = build_estimator(config)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    cpu_start = time.process_time()
-    result = train(estimator, theta, x, seed=0)
-    cpu_seconds = time.process_time() - cpu_start
+    try:
+        cpu_start = time.process_time()
+        result = train(estimator, theta, x, seed=0)
+        cpu_seconds = time.process_time() - cpu_start
+    finally:
+        torch.set_num_threads(threads)
     _, x_obs = benchmark_observations(task, 1)
     reference = sample_reference_posterior(task, x_obs[0], 2000, seed=0)
     samples = Posterior(estimator, task.prior).sample(
         x_obs, 2000, torch.Generator().manual_seed(0)
     )[0]
     score = c2st(reference.numpy(), samples.numpy(), seed=0, method="early_stopping")
-    assert score < 0.75, f"C2ST {score:.3f} after {result.epochs} epochs"
+    assert score < 0.70, f"C2ST {score:.3f} after {result.epochs} epochs"
     # CPU time, not wall clock: the bound must hold on a loaded CI machine too.
-    assert cpu_seconds < 30, f"training took {cpu_seconds:.1f} CPU seconds"
+    assert cpu_seconds < 300, f"training took {cpu_seconds:.1f} CPU seconds"

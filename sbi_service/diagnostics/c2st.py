@@ -128,7 +128,9 @@ def _fit_mlps(
     """Train one sbibm MLP per fold, all at once; held-out accuracy per fold, (B,).
 
     Shapes: x (B, n, d), y (B, n) for B networks of layers d -> 10d -> 10d -> 1, whose
-    weights are (B, fan_in, fan_out) and biases (B, 1, fan_out).
+    weights are (B, fan_in, fan_out) and biases (B, 1, fan_out). A network that meets its
+    stopping rule keeps its weights and leaves the batch, so later epochs cost only what
+    is still training.
     """
     x = torch.from_numpy(np.stack([f[0] for f in folds]))
     y = torch.from_numpy(np.stack([f[1] for f in folds]))
@@ -138,43 +140,54 @@ def _fit_mlps(
     for fan_in, fan_out in [(dim, 10 * dim), (10 * dim, 10 * dim), (10 * dim, 1)]:
         bound = math.sqrt(6.0 / (fan_in + fan_out))
         for shape in [(nets, fan_in, fan_out), (nets, 1, fan_out)]:
-            params.append(
-                ((2 * torch.rand(shape, generator=generator) - 1) * bound).requires_grad_()
-            )
+            params.append((2 * torch.rand(shape, generator=generator) - 1) * bound)
+    final = [p.clone() for p in params]  # each network's weights when it stopped
     first, second = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
-    active = torch.ones(nets)
+    training = torch.arange(nets)  # the networks still in the batch
     best, stalled = torch.full((nets,), math.inf), torch.zeros(nets)
-    rows = torch.arange(nets)[:, None]
-    batch, step = min(batch_size, n), 0
+    batch, t = min(batch_size, n), 0  # t: Adam's update count
     for _ in range(max_epochs):
-        order = torch.argsort(torch.rand(nets, n, generator=generator), dim=1)
-        epoch_loss = torch.zeros(nets)
+        order = torch.argsort(torch.rand(len(training), n, generator=generator), dim=1)
+        x_epoch = torch.gather(x, 1, order[..., None].expand(-1, -1, dim))
+        y_epoch = torch.gather(y, 1, order)
+        params = [p.requires_grad_() for p in params]
+        epoch_loss = torch.zeros(len(training))
         for start in range(0, n, batch):
-            index = order[:, start : start + batch]
-            logits = _forward(params, x[rows, index])
+            rows = slice(start, start + batch)
+            size = min(batch, n - start)
+            logits = _forward(params, x_epoch[:, rows])
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, y[rows, index], reduction="none"
+                logits, y_epoch[:, rows], reduction="none"
             ).mean(1)
-            loss = (
-                loss + 0.5 * alpha * sum((w * w).sum((1, 2)) for w in params[0::2]) / index.shape[1]
-            )
+            loss = loss + 0.5 * alpha * sum((w * w).sum((1, 2)) for w in params[0::2]) / size
             grads = torch.autograd.grad(loss.sum(), params)
-            step += 1
+            t += 1
             with torch.no_grad():
-                epoch_loss += loss * index.shape[1]
-                rate = learning_rate * math.sqrt(1 - 0.999**step) / (1 - 0.9**step)
+                epoch_loss += loss * size
+                rate = learning_rate * math.sqrt(1 - 0.999**t) / (1 - 0.9**t)
                 for p, g, m, v in zip(params, grads, first, second, strict=True):
                     m.mul_(0.9).add_(g, alpha=0.1)
                     v.mul_(0.999).addcmul_(g, g, value=0.001)
-                    p.sub_(rate * active[:, None, None] * m / (v.sqrt() + 1e-8))
+                    p.sub_(rate * m / (v.sqrt() + 1e-8))
+        params = [p.detach() for p in params]
         epoch_loss /= n
         stalled = torch.where(epoch_loss > best - tol, stalled + 1, 0.0)
         best = torch.minimum(best, epoch_loss)
-        active = active * (stalled <= n_iter_no_change)
-        if not active.any():
-            break
+        done = stalled > n_iter_no_change
+        if done.any():
+            for f, p in zip(final, params, strict=True):
+                f[training[done]] = p[done]
+            keep = ~done
+            training, best, stalled = training[keep], best[keep], stalled[keep]
+            params = [p[keep] for p in params]
+            first, second = [m[keep] for m in first], [v[keep] for v in second]
+            x, y = x[keep], y[keep]
+            if len(training) == 0:
+                break
+    for f, p in zip(final, params, strict=True):
+        f[training] = p
     with torch.no_grad():
-        logits = _forward(params, torch.from_numpy(np.stack([f[2] for f in folds])))
+        logits = _forward(final, torch.from_numpy(np.stack([f[2] for f in folds])))
     y_test = torch.from_numpy(np.stack([f[3] for f in folds]))
     return ((logits > 0).float() == y_test).float().mean(1).numpy()
 

@@ -30,7 +30,9 @@ KINDS = (AUTO, *ESTIMATORS)
 
 def members_for(num_simulations: int) -> int:
     """Ensemble size for N simulations."""
-    if num_simulations <= 20_000:
+    if num_simulations <= 3_000:
+        return 4
+    if num_simulations <= 30_000:
         return 3
     return 2
 
