@@ -20,7 +20,7 @@ install: $(BIN)/python
 
 install-test: $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,ray]"
 
 # Train a two_moons NSF on CPU, sample posteriors for 4 observations, print a
 # summary and write a pair plot.

@@ -27,8 +27,10 @@ app = typer.Typer(
 )
 simulators_app = typer.Typer(no_args_is_help=True, help="List and register simulators.")
 models_app = typer.Typer(no_args_is_help=True, help="List stored models.")
+datasets_app = typer.Typer(no_args_is_help=True, help="Store simulation sets to train from.")
 app.add_typer(simulators_app, name="simulators")
 app.add_typer(models_app, name="models")
+app.add_typer(datasets_app, name="datasets")
 err = Console(stderr=True)
 out = Console()
 
@@ -74,42 +76,139 @@ def simulators_list(as_json: Annotated[bool, typer.Option("--json")] = False) ->
 @simulators_app.command("register")
 def simulators_register(
     name: str,
-    import_path: Annotated[str, typer.Option(help="package.module:attribute")],
-    prior: Annotated[Path | None, typer.Option(help="PRIOR.json, for a bare callable")] = None,
+    import_path: Annotated[
+        str | None, typer.Option(help="package.module:attribute (a Python simulator)")
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="http(s) URL of a remote simulator")] = None,
+    prior: Annotated[Path | None, typer.Option(help="PRIOR.json (a callable or --url)")] = None,
     x_shape: Annotated[str | None, typer.Option(help="shape of one x, e.g. '10' or '3,32'")] = None,
+    format: Annotated[str, typer.Option(help="remote wire format: json or npy")] = "json",
+    timeout: Annotated[float, typer.Option(help="seconds per remote request")] = 30.0,
 ) -> None:
-    """Register a simulator by import path (a Task, a factory, or a callable with --prior)."""
+    """Register a simulator by import path or by URL; a trial batch checks it first."""
     from sbi_service.workflows.simulators import register_simulator
 
-    spec: dict[str, Any] = {"import_path": import_path}
+    if (import_path is None) == (url is None):
+        raise UserError("give exactly one of --import-path or --url")
+    spec: dict[str, Any] = {"import_path": import_path} if url is None else {"url": url}
+    if url is not None:
+        if prior is None or x_shape is None:
+            raise UserError("--url needs --prior PRIOR.json and --x-shape")
+        spec.update(format=format, timeout_s=timeout)
     if prior is not None:
         from sbi_service.simulators.priors import load_prior
 
         spec["prior"] = load_prior(prior).spec
     if x_shape is not None:
-        spec["x_shape"] = [int(s) for s in x_shape.split(",")]
-    _print_json(register_simulator(_store(), name, spec))
+        try:
+            spec["x_shape"] = [int(s) for s in x_shape.split(",")]
+        except ValueError:
+            raise UserError(f"--x-shape {x_shape!r} must be integers separated by commas") from None
+    kind = "import_path" if url is None else "remote"
+    hosts = get_settings().simulator_hosts
+    _print_json(register_simulator(_store(), name, kind, spec, allowed_hosts=hosts))
+
+
+# -- datasets -------------------------------------------------------------------------
+@datasets_app.command("add")
+def datasets_add(file: Path) -> None:
+    """Store FILE.npz (theta, x) as a dataset; prints its id, size and sha256 as JSON."""
+    from sbi_service.workflows.datasets import add_dataset
+
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {file}: {e.strerror}") from None
+    _print_json(add_dataset(_store(), data))
+
+
+@datasets_app.command("show")
+def datasets_show(dataset_id: str) -> None:
+    """Print a stored dataset's record as JSON."""
+    from sbi_service.workflows.datasets import get_dataset
+
+    _print_json(get_dataset(_store(), dataset_id))
 
 
 # -- simulate -------------------------------------------------------------------------
+Backend = Annotated[
+    str | None,
+    typer.Option(help="local or ray (default: SBI_SERVICE_SIMULATION_BACKEND, else local)"),
+]
+
+
 @app.command()
 def simulate(
     simulator: str,
     num_simulations: Annotated[int, typer.Option("--num-simulations")],
     seed: Annotated[int, typer.Option()],
     out_file: Annotated[Path, typer.Option("--out", help="FILE.npz")],
-    workers: Annotated[int, typer.Option(help="processes for built-in simulators")] = 1,
+    workers: Annotated[int, typer.Option(help="processes (local) or local Ray CPUs")] = 1,
+    backend: Backend = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="keep the chunks an interrupted run finished")
+    ] = False,
+    chunk_size: Annotated[
+        int | None,
+        typer.Option(
+            "--chunk-size", min=1, help="rows per chunk, default 10,000 (seeds depend on it)"
+        ),
+    ] = None,
 ) -> None:
     """Simulate (theta, x) pairs from the prior and write them to an .npz file."""
     from sbi_service.simulators.registry import get_task
-    from sbi_service.simulators.simulate import save_simulations
+    from sbi_service.simulators.simulate import (
+        CHUNK_SIZE,
+        checkpoint_folder,
+        remove_checkpoint,
+        save_simulations,
+    )
     from sbi_service.simulators.simulate import simulate as run
 
     _setup_torch()
-    task = get_task(simulator, _store().list_simulators())
-    theta, x = run(task, num_simulations, seed, workers=workers)
-    save_simulations(out_file, theta, x)
-    err.print(f"wrote {num_simulations} simulations of {simulator} to {out_file}")
+    store = _store()
+    stored = store.list_simulators()
+    task = get_task(simulator, stored)
+    chunk_size = chunk_size or CHUNK_SIZE
+    folder = checkpoint_folder(store.home, task, num_simulations, seed, chunk_size)
+    if not resume:
+        remove_checkpoint(folder)
+    with Progress(
+        TextColumn("simulating"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not err.is_terminal,
+    ) as bar:
+        bar_id = bar.add_task("simulate", total=num_simulations)
+        sims = run(
+            task,
+            num_simulations,
+            seed,
+            workers=workers,
+            chunk_size=chunk_size,
+            backend=backend or get_settings().simulation_backend,
+            checkpoint=folder,
+            progress=lambda done, _: bar.update(bar_id, completed=done),
+            stored=stored,
+        )
+    save_simulations(out_file, sims.theta, sims.x)
+    remove_checkpoint(folder)
+    r = sims.report
+    err.print(
+        f"wrote {r.num_kept} simulations of {simulator} to {out_file} ({r.backend}, "
+        f"{r.resumed_chunks} chunk(s) resumed)",
+        markup=False,
+        soft_wrap=True,
+    )
+    if r.num_nonfinite or r.failed_chunks:
+        err.print(
+            f"dropped {r.num_nonfinite} rows with NaN or inf; failed chunks: "
+            + (json.dumps(r.failed_chunks) if r.failed_chunks else "none"),
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 # -- train ----------------------------------------------------------------------------
@@ -123,7 +222,10 @@ def train(
     simulator: Annotated[str | None, typer.Option()] = None,
     num_simulations: Annotated[int | None, typer.Option("--num-simulations")] = None,
     data: Annotated[Path | None, typer.Option(help="FILE.npz with theta and x")] = None,
-    prior: Annotated[Path | None, typer.Option(help="PRIOR.json, with --data")] = None,
+    dataset: Annotated[str | None, typer.Option(help="id of a stored dataset")] = None,
+    prior: Annotated[Path | None, typer.Option(help="PRIOR.json, with --data or --dataset")] = None,
+    backend: Backend = None,
+    workers: Annotated[int, typer.Option(help="simulation processes or local Ray CPUs")] = 1,
     embedding: Annotated[str | None, typer.Option(help='JSON, e.g. {"kind": "mlp"}')] = None,
     options: Annotated[str | None, typer.Option(help="JSON estimator settings")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="default: the training loop's")] = None,
@@ -151,7 +253,10 @@ def train(
         simulator=simulator,
         num_simulations=num_simulations,
         data=data,
+        dataset=dataset,
         prior=load_prior(prior).spec if prior is not None else None,
+        backend=backend or get_settings().simulation_backend,
+        workers=workers,
         embedding=_json_option(embedding, "--embedding"),
         estimator_options=_json_option(options, "--options") or {},
         train=TrainConfig(
@@ -166,19 +271,26 @@ def train(
         fisher_mode=fisher_mode,
     )
     with Progress(
-        TextColumn("training"),
+        TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("epoch {task.completed:.0f}  {task.fields[info]}"),
+        TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         console=err,
         disable=not err.is_terminal,
     ) as bar:
-        task_id = bar.add_task("train", total=req.train.max_epochs, info="")
+        sim_id = None
+        if req.simulator is not None:
+            sim_id = bar.add_task("simulating", total=req.num_simulations or 1, info="")
+        task_id = bar.add_task("training", total=req.train.max_epochs, info="")
+
+        def simulated(done: int, total: int) -> None:
+            bar.update(sim_id, completed=done, info=f"{done}/{total}")
 
         def progress(epoch: int, train_loss: float, val_loss: float) -> None:
-            bar.update(task_id, completed=epoch, info=f"train {train_loss:.3f}  val {val_loss:.3f}")
+            info = f"epoch {epoch}  train {train_loss:.3f}  val {val_loss:.3f}"
+            bar.update(task_id, completed=epoch, info=info)
 
-        summary = train_model(_store(), req, progress)
+        summary = train_model(_store(), req, progress, simulated)
     if as_json:
         _print_json(summary)
     else:

@@ -45,7 +45,18 @@ class Settings(BaseSettings):
     # whose diagnostics passed (or that were force-promoted).
     serve_policy: Literal["latest", "passed"] = "latest"
 
-    @field_validator("api_keys", "preload_models", mode="before")
+    # -- simulation and simulators (README "Scaling out", docs/scaling.md) ---------------
+    simulation_backend: Literal["local", "ray"] = "local"  # where simulation chunks and jobs run
+    ray_address: str = ""  # auto, host:port or ray://host:port; empty: a local Ray runtime
+    # Remote simulators may be registered only on these hosts (host or host:port, exact).
+    simulator_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Module prefixes that POST /v1/simulators may register by import path; empty: none.
+    import_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_upload_bytes: int = Field(100 * 2**20, ge=1024)  # one POST /v1/datasets body or chunk
+
+    @field_validator(
+        "api_keys", "preload_models", "simulator_hosts", "import_allowlist", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -16,3 +16,9 @@ class NotFoundError(UserError):
     """An unknown model, version, simulator or job."""
 
     status_code = 404
+
+
+class ForbiddenError(UserError):
+    """Not allowed by the server's settings (an import path off the allowlist, ...)."""
+
+    status_code = 403

@@ -12,6 +12,12 @@ The runner's process holds a lease on each of its unfinished jobs and renews it 
 gone (``Store.mark_interrupted_jobs``), never another live server's, so several
 servers can share one store. An interrupted or failed job can be rerun (``rerun``).
 
+With the ``ray`` backend (``SBI_SERVICE_SIMULATION_BACKEND=ray``) each job is a Ray
+task instead (``sbi_service.ray_compute``), given the resources its request asks for
+(``"resources": {"num_cpus": c, "num_gpus": g}``, default one CPU), and it simulates
+with a local pool of those ``num_cpus`` inside its task. State, progress and result
+go to the same store (on a cluster: a shared volume), so a job reads the same either way.
+
 Job requests are JSON: ``{"kind": "train", ...TrainRequest fields, "train": {...
 TrainConfig fields}, "diagnose"?: {...DiagnoseRequest fields but model and version}}``
 or ``{"kind": "diagnose", ...DiagnoseRequest fields}``. A train job with ``diagnose``
@@ -44,9 +50,13 @@ log = logging.getLogger("sbi_service.jobs")
 class JobRunner:
     """Submits jobs to worker processes; one per server (or CLI process)."""
 
-    def __init__(self, store: Store, workers: int = 1, torch_threads: int = 1):
+    def __init__(
+        self, store: Store, workers: int = 1, torch_threads: int = 1, backend: str = "local"
+    ):
         self.store, self.workers, self.torch_threads = store, workers, torch_threads
+        self.backend = backend
         self._executor: ProcessPoolExecutor | None = None
+        self._ray: dict[str, Any] = {}  # job id -> its ray_compute.TaskExecutor
         self._running: dict[str, Future] = {}
         self._lock = threading.Lock()
         self.owner = process_owner()
@@ -62,17 +72,28 @@ class JobRunner:
         """Record and start a job; ``on_done(job_id, job)`` runs (in a thread) when it ends."""
         if kind not in JOB_KINDS:
             raise UserError(f"unknown job kind {kind!r}; expected one of {', '.join(JOB_KINDS)}")
+        ray_task = self._ray_task(request)  # first: an unreachable cluster records no job
         job_id = self.store.create_job(kind, request, owner=self.owner)
-        self._start(job_id, kind, request, on_done)
+        self._start(job_id, kind, request, on_done, ray_task)
         return job_id
 
     def rerun(
         self, job_id: str, on_done: Callable[[str, dict[str, Any]], None] | None = None
     ) -> dict[str, Any]:
         """Queue an interrupted or failed job again (same id and request), in this runner."""
+        job = self.store.get_job(job_id)
+        ray_task = self._ray_task(job["request"])
         job = self.store.rerun_job(job_id, self.owner)
-        self._start(job_id, job["kind"], job["request"], on_done)
+        self._start(job_id, job["kind"], job["request"], on_done, ray_task)
         return job
+
+    def _ray_task(self, request: dict[str, Any]) -> Any:
+        """With the ray backend: a ``TaskExecutor`` asking for the job's resources."""
+        if self.backend != "ray":
+            return None
+        from sbi_service.ray_compute import TaskExecutor
+
+        return TaskExecutor(resources=request.get("resources"))
 
     def _start(
         self,
@@ -80,24 +101,31 @@ class JobRunner:
         kind: str,
         request: dict[str, Any],
         on_done: Callable[[str, dict[str, Any]], None] | None,
+        ray_task: Any = None,
     ) -> None:
+        args = (run_job, str(self.store.home), job_id, kind, request)
         with self._lock:
-            if self._executor is None:
-                self._executor = ProcessPoolExecutor(
-                    self.workers,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_worker_init,
-                    initargs=(os.getpid(), self.torch_threads),
-                )
             if self._renewer is None:
                 self._renewer = threading.Thread(target=self._renew, name="job-leases", daemon=True)
                 self._renewer.start()
-            future = self._executor.submit(run_job, str(self.store.home), job_id, kind, request)
+            if ray_task is not None:
+                self._ray[job_id] = ray_task
+                future = ray_task.submit(*args)
+            else:
+                if self._executor is None:
+                    self._executor = ProcessPoolExecutor(
+                        self.workers,
+                        mp_context=multiprocessing.get_context("spawn"),
+                        initializer=_worker_init,
+                        initargs=(os.getpid(), self.torch_threads),
+                    )
+                future = self._executor.submit(*args)
             self._running[job_id] = future
 
         def finished(f: Future) -> None:
             with self._lock:
                 self._running.pop(job_id, None)
+                self._ray.pop(job_id, None)
             if f.cancelled():
                 return
             if f.exception() is not None:  # the worker died (killed, out of memory)
@@ -122,10 +150,12 @@ class JobRunner:
         self._stop.set()
         with self._lock:
             executor, running = self._executor, list(self._running)
+            ray_tasks = list(self._ray.values())
             self._executor = None
-        if executor is None:
-            return
-        executor.shutdown(wait=False, cancel_futures=True)
+        for task in ray_tasks:
+            task.shutdown()
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
         for job_id in running:
             if self.store.get_job(job_id)["state"] in ("queued", "running"):
                 self.store.update_job(
@@ -184,9 +214,7 @@ def train_request_from_dict(payload: dict[str, Any]):
     from sbi_service.estimators.train import TrainConfig
     from sbi_service.workflows.train import TrainRequest
 
-    args = {k: v for k, v in payload.items() if k not in ("kind", "train", "diagnose")}
-    if args.get("data") is not None:
-        args["data"] = Path(args["data"])
+    args = {k: v for k, v in payload.items() if k not in ("kind", "train", "diagnose", "resources")}
     try:
         return TrainRequest(**args, train=TrainConfig(**(payload.get("train") or {})))
     except TypeError as e:
@@ -200,10 +228,17 @@ def _train(store: Store, request: dict[str, Any], report: Callable[[float], None
     from sbi_service.workflows.train import train_model
 
     req = train_request_from_dict(request)
+    req.workers = int((request.get("resources") or {}).get("num_cpus", 1))
     gate = request.get("diagnose")
-    share = 1.0 if gate is None else 0.8
+    share = 1.0 if gate is None else 0.8  # of the progress: simulating and training
+    simulating = 0.5 if req.simulator is not None else 0.0  # of that share: simulating
     max_epochs = max(req.train.max_epochs, 1)
-    result = train_model(store, req, lambda epoch, *_: report(share * epoch / max_epochs))
+    result = train_model(
+        store,
+        req,
+        lambda epoch, *_: report(share * (simulating + (1 - simulating) * epoch / max_epochs)),
+        lambda done, total: report(share * simulating * done / total),
+    )
     if gate is not None:
         diagnosis = DiagnoseRequest.from_dict(
             {**gate, "model": result["model"], "version": result["version"]}
@@ -216,4 +251,5 @@ def _train(store: Store, request: dict[str, Any], report: Callable[[float], None
 def _diagnose(store: Store, request: dict[str, Any], report: Callable[[float], None]) -> dict:
     from sbi_service.workflows.diagnose import DiagnoseRequest, diagnose_model
 
-    return diagnose_model(store, DiagnoseRequest.from_dict(request), lambda f, _: report(f))
+    args = {k: v for k, v in request.items() if k != "resources"}
+    return diagnose_model(store, DiagnoseRequest.from_dict(args), lambda f, _: report(f))

@@ -38,3 +38,22 @@ def run_cli(capsys, monkeypatch):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def ray_runtime():
+    """One local Ray runtime for the whole session (2 CPUs, no dashboard, small store)."""
+    ray = pytest.importorskip("ray")
+    options = {
+        "num_cpus": 2,
+        "include_dashboard": False,
+        "object_store_memory": 100 * 2**20,
+        "log_to_driver": False,
+    }
+    try:
+        ray.init(**options)
+    except Exception:  # Ray gives its node 30 s to start: once more on a loaded machine
+        ray.shutdown()
+        ray.init(**options)
+    yield ray
+    ray.shutdown()

@@ -254,17 +254,37 @@ def test_bad_inputs_get_4xx_naming_the_field(client):
             "name",
         ),
         (
-            {"kind": "train", "name": "m", "estimator": "zzz", "data": "x", "prior": PRIOR},
+            {"kind": "train", "name": "m", "estimator": "zzz", "dataset": "x", "prior": PRIOR},
             "estimator",
         ),
         (
             {"kind": "train", "name": "m", "simulator": "no_such_sim", "num_simulations": 100},
             "simulator",
         ),
-        ({"kind": "train", "name": "m", "data": "x.npz", "prior": {"type": "??"}}, "prior"),
+        ({"kind": "train", "name": "m", "dataset": "x.npz", "prior": {"type": "??"}}, "prior"),
+        ({"kind": "train", "name": "m", "dataset": "0123456789abcdef", "prior": PRIOR}, "dataset"),
+        ({"kind": "train", "name": "m", "dataset": "../../etc", "prior": PRIOR}, "dataset"),
+        # a path on the server is never read: jobs train from datasets or simulators only
+        ({"kind": "train", "name": "m", "data": "/etc/hostname", "prior": PRIOR}, "data"),
         (
-            {"kind": "train", "name": "m", "data": "x", "prior": PRIOR, "train": {"max_epochs": 0}},
+            {
+                "kind": "train",
+                "name": "m",
+                "dataset": "x",
+                "prior": PRIOR,
+                "train": {"max_epochs": 0},
+            },
             "train.max_epochs",
+        ),
+        (
+            {
+                "kind": "train",
+                "name": "m",
+                "simulator": "two_moons",
+                "num_simulations": 100,
+                "resources": {"num_cpus": 0},
+            },
+            "resources.num_cpus",
         ),
         ({"kind": "diagnose", "model": "tiny", "bogus": 1}, "body"),
         ({"kind": "diagnose"}, "model"),
@@ -290,7 +310,8 @@ def test_auth_for_mutating_endpoints(client):
     r = client.post(
         "/v1/simulators", json={"name": "s", "import_path": "no.such:thing"}, headers=AUTH
     )
-    assert r.status_code == 422
+    assert r.status_code == 403 and r.json()["detail"][0]["field"] == "import_path"
+    assert "SBI_SERVICE_IMPORT_ALLOWLIST" in r.json()["detail"][0]["message"]
     assert client.post("/v1/models/tiny/reload").status_code == 401
     # reads are open by default
     assert client.get("/v1/models").status_code == 200
@@ -381,10 +402,17 @@ def test_hot_reload_of_a_new_version(env, tmp_path):
 
 def test_train_job_runs_in_a_worker_process(client, env):
     folder, data = env
+    with open(data, "rb") as f:
+        r = client.post(
+            "/v1/datasets",
+            content=f.read(),
+            headers={**AUTH, "Content-Type": "application/octet-stream"},
+        )
+    assert r.status_code == 201, r.text
     job = {
         "kind": "train",
         "name": "jobmodel",
-        "data": data,
+        "dataset": r.json()["id"],
         "prior": PRIOR,
         "estimator_options": {"transforms": 1, "hidden_features": [8]},
         "train": {"max_epochs": 2, "batch_size": 256},
@@ -399,5 +427,6 @@ def test_train_job_runs_in_a_worker_process(client, env):
     assert info["state"] == "succeeded", info
     assert info["progress"] == 1.0 and info["result"]["model"] == "jobmodel"
     assert info["result"]["epochs"] == 2
+    assert len(info["result"]["data_sha256"]) == 64
     r = client.post("/v1/models/jobmodel/samples", json=samples_body(OBS[:1], 3, 0))
     assert r.status_code == 200

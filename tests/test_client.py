@@ -43,6 +43,7 @@ def served(tmp_path_factory):
         preload_models=["tiny"],
         reload_interval_s=0,
         drain_timeout_s=5,
+        import_allowlist=["sbi_service.simulators.tasks"],
     )
     with live_server(settings) as http:
         wait_ready(http)
@@ -86,7 +87,10 @@ def test_health_models_sample_and_log_prob(served):
 def test_register_train_diagnose_jobs_reports_and_reload(served):
     client, folder = served
     info = client.register_simulator(
-        "two_moons_again", import_path="sbi_service.simulators.tasks.two_moons:make_task"
+        "two_moons_again",
+        import_path="sbi_service.simulators.tasks.two_moons:simulator",
+        prior=PRIOR,
+        x_shape=[2],
     )
     assert info["name"] == "two_moons_again"
     assert "two_moons_again" in [s["name"] for s in client.simulators()]
@@ -94,9 +98,10 @@ def test_register_train_diagnose_jobs_reports_and_reload(served):
     train = {"max_epochs": 2, "batch_size": 256}
     options = {"transforms": 2, "hidden_features": [16, 16]}
     gate = {**PASS, "data": str(folder / "test" / "sims.npz")}
+    dataset = client.upload_dataset(path=folder / "sims.npz")
     job_id = client.train(
         "tiny",
-        data=str(folder / "sims.npz"),
+        dataset=dataset["id"],
         prior=PRIOR,
         estimator="nsf",
         estimator_options=options,
@@ -118,7 +123,7 @@ def test_register_train_diagnose_jobs_reports_and_reload(served):
     with pytest.raises(JobFailed, match="no_such_model"):
         client.wait(client.diagnose("no_such_model", **gate), timeout=120, poll=0.2)
     with pytest.raises(ServiceError) as e:
-        client.train("x", data="sims.npz", prior=PRIOR, diagnose={"bogus": 1})
+        client.train("x", dataset=dataset["id"], prior=PRIOR, diagnose={"bogus": 1})
     assert e.value.errors[0]["field"] == "diagnose"
 
     assert client.reload("tiny") == {"model": "tiny", "version": 2, "verdict": "passed"}

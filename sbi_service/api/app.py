@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from sbi_service.api.deps import ServiceState
 from sbi_service.api.errors import install_error_handlers
 from sbi_service.api.middleware import ServiceMiddleware
-from sbi_service.api.routers import health, jobs, models, simulators, ui
+from sbi_service.api.routers import datasets, health, jobs, models, simulators, ui
 from sbi_service.config import Settings
 from sbi_service.jobs import LEASE_RENEW_S, JobRunner
 from sbi_service.serving import Metrics, ModelPool
@@ -44,7 +44,9 @@ def create_app(settings: Settings) -> FastAPI:
         batching=settings.batching,
         policy=settings.serve_policy,
     )
-    runner = JobRunner(store, settings.job_workers, settings.torch_threads)
+    runner = JobRunner(
+        store, settings.job_workers, settings.torch_threads, settings.simulation_backend
+    )
     state = ServiceState(settings, store, metrics, pool, runner)
 
     @asynccontextmanager
@@ -72,7 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.sbi = state
     install_error_handlers(app)
     app.add_middleware(ServiceMiddleware, state=state)
-    for module in (health, models, simulators, jobs, ui):
+    for module in (health, models, simulators, datasets, jobs, ui):
         app.include_router(module.router)
     app.mount("/ui/static", ui.static_files, name="ui-static")
     return app

@@ -29,6 +29,8 @@ from sbi_service.serving import Overloaded
 
 SAMPLES_PATH = re.compile(r"^/v1/models/[^/]+/samples$")
 
+UPLOAD_PATH = "/v1/datasets"  # bodies up to ``max_upload_bytes``; others ``max_body_bytes``
+
 
 class ServiceMiddleware:
     def __init__(self, app: ASGIApp, state: ServiceState):
@@ -104,6 +106,8 @@ class ServiceMiddleware:
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """The app's ``receive``: the buffered body, then the server's own (disconnects)."""
         limit = self.state.settings.max_body_bytes
+        if scope.get("path", "").startswith(UPLOAD_PATH):  # datasets: bigger bodies
+            limit = self.state.settings.max_upload_bytes
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await self._too_large(send, limit)

@@ -199,10 +199,49 @@ class ReloadResponse(BaseModel):
 
 
 class RegisterSimulator(Strict):
+    """Exactly one of ``import_path`` (allowlisted modules only) or ``url`` (remote)."""
+
     name: str = Field(description="1-64 letters, digits, '_', '.', '-'")
-    import_path: str = Field(min_length=3, description="package.module:attribute")
-    prior: dict[str, Any] | None = Field(None, description="prior spec, for a bare callable")
-    x_shape: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1)
+    import_path: str | None = Field(
+        None, min_length=3, description="package.module:attribute (SBI_SERVICE_IMPORT_ALLOWLIST)"
+    )
+    url: str | None = Field(
+        None, min_length=8, max_length=2000, description="remote simulator (wire format: README)"
+    )
+    prior: dict[str, Any] | None = Field(
+        None, description="prior spec, for a bare callable or a url"
+    )
+    x_shape: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1, max_length=8)
+    format: Literal["json", "npy"] = Field("json", description="remote wire format")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="seconds per remote request")
+    retries: int = Field(3, ge=0, le=10, description="of a remote batch that failed")
+    batch_size: int = Field(1000, ge=1, le=1_000_000, description="theta rows per request")
+    max_concurrency: int = Field(4, ge=1, le=64, description="remote requests in flight")
+
+
+class DatasetInfo(BaseModel):
+    id: str
+    sha256: str
+    num_simulations: int
+    dim_theta: int
+    x_shape: list[int]
+    bytes: int
+    created_at: float
+
+
+class StartUpload(Strict):
+    size: int = Field(ge=1, description="bytes of the whole .npz")
+    sha256: str = Field(pattern="^[0-9a-f]{64}$", description="of the whole .npz, lowercase hex")
+
+
+class UploadStatus(BaseModel):
+    upload_id: str
+    size: int
+    sha256: str
+    chunk_bytes: int
+    num_chunks: int
+    received: list[int]
+    missing: list[int]
 
 
 # -- jobs ------------------------------------------------------------------------------------
@@ -217,8 +256,17 @@ class TrainSettings(Strict):
     max_seconds: float | None = Field(None, gt=0, description="stop training after this long")
 
 
+class JobResources(Strict):
+    """What a job asks the Ray scheduler for (the ray backend; ignored by local)."""
+
+    num_cpus: int = Field(1, ge=1, le=1024)
+    num_gpus: float = Field(0, ge=0, le=64)
+
+
 class TrainJob(Strict):
-    """Train a model (``sbi_service.workflows.train.TrainRequest``)."""
+    """Train a model (``sbi_service.workflows.train.TrainRequest``) from a registered
+    simulator (``simulator`` + ``num_simulations``) or an uploaded ``dataset`` (+ ``prior``).
+    """
 
     kind: Literal["train"]
     name: str
@@ -226,7 +274,7 @@ class TrainJob(Strict):
     seed: int = Field(0, ge=0, lt=2**63)
     simulator: str | None = None
     num_simulations: int | None = Field(None, ge=10, le=10_000_000)
-    data: str | None = Field(None, description="path of a .npz on the server")
+    dataset: str | None = Field(None, description="id of a dataset (POST /v1/datasets)")
     prior: dict[str, Any] | None = None
     estimator_options: dict[str, Any] = Field(default_factory=dict)
     embedding: dict[str, Any] | None = None
@@ -236,6 +284,7 @@ class TrainJob(Strict):
         description="run the diagnostic gate on the new version right after training: the "
         "options of a diagnose job, without model and version",
     )
+    resources: JobResources | None = None
 
 
 class DiagnoseJob(BaseModel):
@@ -244,6 +293,7 @@ class DiagnoseJob(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
     kind: Literal["diagnose"]
     model: str
+    resources: JobResources | None = None
 
 
 JobRequest = Annotated[TrainJob | DiagnoseJob, Field(discriminator="kind")]

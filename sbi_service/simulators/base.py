@@ -45,6 +45,7 @@ class Task:
     reference_posterior: Callable[..., Tensor] | None = None
     log_likelihood: Callable[[Tensor, Tensor], Tensor] | None = None
     source: str = "builtin"
+    version: str = "1"  # builtin: the package's; registered: counts re-registrations
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -67,6 +68,7 @@ class Task:
             "prior": self.prior.spec,
             "description": self.description,
             "source": self.source,
+            "version": self.version,
             "has_reference_posterior": self.reference_posterior is not None,
         }
 

@@ -5,6 +5,9 @@ Layout under ``home``::
     sbi_service.db                      this database
     models/{model}/{version}/           config.json + weights.safetensors
     models/{model}/{version}/diagnostics/  the latest diagnostic report of that version
+    datasets/{id}.npz                   uploaded simulation sets (theta, x)
+    uploads/{upload_id}/                chunks of a resumable upload not yet complete
+    simulations/{key}/                  chunks of a simulation run not yet consumed
 
 A model version is written into a temporary folder beside its final place and
 renamed into place only when complete; its database row is inserted after the
@@ -44,7 +47,16 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS simulators (
     name TEXT PRIMARY KEY,
     kind TEXT NOT NULL,              -- import_path | remote | data
-    spec TEXT NOT NULL,              -- JSON
+    spec TEXT NOT NULL,              -- JSON, with "version": 1, 2, ... per registration
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    id TEXT PRIMARY KEY,             -- the first 16 hex digits of sha256
+    sha256 TEXT NOT NULL,            -- of the .npz file
+    num_simulations INTEGER NOT NULL,
+    dim_theta INTEGER NOT NULL,
+    x_shape TEXT NOT NULL,           -- JSON list
+    bytes INTEGER NOT NULL,
     created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS model_versions (
@@ -145,18 +157,52 @@ class Store:
             db.close()
 
     # -- simulators ------------------------------------------------------------
-    def add_simulator(self, name: str, kind: str, spec: dict[str, Any]) -> None:
+    def add_simulator(self, name: str, kind: str, spec: dict[str, Any]) -> int:
+        """Record (or re-register) a simulator; returns its version (1, 2, ...)."""
         check_name(name, "simulator name")
         with self._connect() as db:
+            row = db.execute("SELECT spec FROM simulators WHERE name = ?", (name,)).fetchone()
+            version = json.loads(row["spec"]).get("version", 1) + 1 if row else 1
             db.execute(
                 "INSERT OR REPLACE INTO simulators VALUES (?, ?, ?, ?)",
-                (name, kind, json.dumps(spec), time.time()),
+                (name, kind, json.dumps({**spec, "version": version}), time.time()),
             )
+        return version
 
     def list_simulators(self) -> list[dict[str, Any]]:
         with self._connect() as db:
             rows = db.execute("SELECT * FROM simulators ORDER BY name").fetchall()
         return [{"name": r["name"], "kind": r["kind"], "spec": json.loads(r["spec"])} for r in rows]
+
+    # -- datasets ----------------------------------------------------------------
+    def dataset_path(self, dataset_id: str) -> Path:
+        return self.home / "datasets" / f"{dataset_id}.npz"
+
+    def add_dataset(self, record: dict[str, Any], file: Path) -> None:
+        """Move the checked ``file`` into place as ``record["id"]`` and record it."""
+        final = self.dataset_path(record["id"])
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            os.replace(file, final)
+            db.execute(
+                "INSERT OR REPLACE INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record["id"],
+                    record["sha256"],
+                    record["num_simulations"],
+                    record["dim_theta"],
+                    json.dumps(record["x_shape"]),
+                    record["bytes"],
+                    time.time(),
+                ),
+            )
+
+    def get_dataset(self, dataset_id: str) -> dict[str, Any]:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"dataset {dataset_id!r} does not exist; upload it first")
+        return {**dict(row), "x_shape": json.loads(row["x_shape"])}
 
     # -- models ------------------------------------------------------------------
     def save_model_version(self, model: str, write: Callable[[Path], dict[str, Any]]) -> dict:

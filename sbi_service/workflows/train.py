@@ -1,9 +1,14 @@
 """Train a posterior estimator and store it as a new model version.
 
-The simulations come either from a registered simulator (``simulator`` +
-``num_simulations``, simulated with ``seed``) or from an uploaded simulation set
-(``data`` .npz + ``prior`` spec). Everything is checked before training starts, and
-nothing is written to the store unless training succeeds.
+The simulations come from a registered simulator (``simulator`` +
+``num_simulations``, simulated with ``seed`` on ``backend``), from a dataset uploaded
+to the store (``dataset`` id + ``prior``) or, from the CLI only, from a local .npz
+(``data`` + ``prior``). Everything is checked before training starts, and nothing is
+written to the store unless training succeeds. Simulated chunks are kept under
+``$SBI_SERVICE_HOME/simulations/`` until the model is saved, so a rerun of an
+interrupted training simulates only what is missing. The model's config records the
+simulator's name and version (or the dataset id) and ``data_sha256``, the sha256 of
+the training data (``sbi_service.simulators.simulate.data_sha256``).
 """
 
 from __future__ import annotations
@@ -26,13 +31,19 @@ from sbi_service.estimators.registry import build_estimator
 from sbi_service.estimators.train import TrainConfig, train
 from sbi_service.simulators.priors import Prior, prior_from_spec
 from sbi_service.simulators.registry import get_task
-from sbi_service.simulators.simulate import load_simulations, simulate
+from sbi_service.simulators.simulate import (
+    checkpoint_folder,
+    data_sha256,
+    load_simulations,
+    remove_checkpoint,
+    simulate,
+)
 from sbi_service.store.db import Store, check_name
 
 
 @dataclass
 class TrainRequest:
-    """What to train. Exactly one of ``simulator`` or ``data`` is given."""
+    """What to train. Exactly one of ``simulator``, ``dataset`` or ``data`` is given."""
 
     name: str
     estimator: str
@@ -40,7 +51,10 @@ class TrainRequest:
     simulator: str | None = None
     num_simulations: int | None = None
     data: Path | None = None
+    dataset: str | None = None  # an uploaded dataset's id
     prior: dict[str, Any] | None = None
+    backend: str = "local"  # where the simulations run: local or ray
+    workers: int = 1  # simulation processes (local) or the local Ray runtime's CPUs
     estimator_options: dict[str, Any] = field(default_factory=dict)
     embedding: dict[str, Any] | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -58,58 +72,89 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+SimulationProgress = Callable[[int, int], None]  # (rows simulated, rows in all)
+
+
 def load_training_data(
-    store: Store, req: TrainRequest
-) -> tuple[torch.Tensor, torch.Tensor, Prior, dict]:
-    """Check the request and return theta (n, d), x (n, *x_shape), the prior and provenance."""
-    if (req.simulator is None) == (req.data is None):
-        raise UserError("give either --simulator with --num-simulations, or --data with --prior")
+    store: Store, req: TrainRequest, progress: SimulationProgress | None = None
+) -> tuple[torch.Tensor, torch.Tensor, Prior, dict, Path | None]:
+    """Check the request; returns theta (n, d), x (n, *x_shape), the prior, provenance,
+    and the folder of simulated chunks (to remove once the model is saved)."""
+    sources = [req.simulator, req.data, req.dataset]
+    if sum(s is not None for s in sources) != 1:
+        raise UserError(
+            "give one of --simulator with --num-simulations, --dataset with --prior, "
+            "or --data with --prior"
+        )
     if req.simulator is not None:
         if req.num_simulations is None:
             raise UserError("--simulator needs --num-simulations")
-        task = get_task(req.simulator, store.list_simulators())
-        theta, x = simulate(task, req.num_simulations, req.seed)
-        return (
-            theta,
-            x,
-            task.prior,
-            {"simulator": task.name, "num_simulations": req.num_simulations},
+        stored = store.list_simulators()
+        task = get_task(req.simulator, stored)
+        folder = checkpoint_folder(store.home, task, req.num_simulations, req.seed)
+        sims = simulate(
+            task,
+            req.num_simulations,
+            req.seed,
+            workers=req.workers,
+            backend=req.backend,
+            checkpoint=folder,
+            progress=progress,
+            stored=stored,
         )
+        provenance = {
+            "simulator": task.name,
+            "simulator_version": task.version,
+            "num_simulations": len(sims.theta),
+            "simulation": sims.report.to_dict(),
+        }
+        return sims.theta, sims.x, task.prior, provenance, folder
     if req.prior is None:
         raise UserError(
-            "--data needs --prior PRIOR.json (the prior the simulations were drawn from)"
+            "--data and --dataset need --prior PRIOR.json (the prior the simulations were "
+            "drawn from)"
         )
     prior = prior_from_spec(req.prior)
-    theta, x = load_simulations(req.data)
+    if req.dataset is not None:
+        from sbi_service.workflows.datasets import get_dataset
+
+        record = get_dataset(store, req.dataset)
+        label = f"dataset {req.dataset}"
+        theta, x = load_simulations(store.dataset_path(record["id"]), label=label)
+        provenance = {"simulator": None, "dataset": req.dataset}
+    else:
+        label = str(req.data)
+        theta, x = load_simulations(req.data)
+        provenance = {"simulator": None, "data": label}
     if theta.shape[1] != prior.dim:
         raise UserError(
-            f"the prior has dimension {prior.dim} but theta in {req.data} has "
-            f"{theta.shape[1]} columns"
+            f"the prior has dimension {prior.dim} but theta in {label} has {theta.shape[1]} columns"
         )
     outside = int((~prior.in_support(theta)).sum())
     if outside:
         raise UserError(
-            f"{outside} of {theta.shape[0]} theta rows in {req.data} lie outside the prior's "
+            f"{outside} of {theta.shape[0]} theta rows in {label} lie outside the prior's "
             "support: "
             "was the prior file written for this data?"
         )
-    return (
-        theta,
-        x,
-        prior,
-        {"simulator": None, "data": str(req.data), "num_simulations": len(theta)},
-    )
+    return theta, x, prior, {**provenance, "num_simulations": len(theta)}, None
 
 
 def train_model(
     store: Store,
     req: TrainRequest,
     progress: Callable[[int, float, float], None] | None = None,
+    simulation_progress: SimulationProgress | None = None,
 ) -> dict[str, Any]:
-    """Simulate or load, train, save as the next version of ``req.name``; returns a summary."""
+    """Simulate or load, train, save as the next version of ``req.name``; returns a summary.
+
+    ``progress(epoch, train_loss, val_loss)`` after each epoch;
+    ``simulation_progress(rows done, rows)`` while simulating.
+    """
     check_name(req.name)
     check_kind(req.estimator)
-    theta, x, prior, provenance = load_training_data(store, req)
+    theta, x, prior, provenance, chunks = load_training_data(store, req, simulation_progress)
+    provenance["data_sha256"] = data_sha256(theta, x)
     config = estimator_config(
         req.estimator, prior.dim, x.shape[1:], len(theta), req.embedding, req.estimator_options
     )
@@ -152,12 +197,14 @@ def train_model(
         return {"estimator": estimator.config, **metadata}
 
     saved = store.save_model_version(req.name, write)
+    remove_checkpoint(chunks)
     return {
         "model": req.name,
         "version": saved["version"],
         "estimator": estimator.kind,
         "simulator": provenance["simulator"],
         "num_simulations": provenance["num_simulations"],
+        "data_sha256": provenance["data_sha256"],
         "train_seconds": round(result.train_seconds, 3),
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,

@@ -17,6 +17,7 @@ from sbi_service.estimators.auto import KINDS
 from sbi_service.simulators.priors import prior_from_spec
 from sbi_service.simulators.registry import list_names
 from sbi_service.store.db import check_name
+from sbi_service.workflows.datasets import get_dataset
 
 router = APIRouter(
     prefix="/v1/jobs",
@@ -82,10 +83,10 @@ def _check_train(state: ServiceState, request: dict[str, Any]) -> None:
         _check_train_diagnose(request["name"], request["diagnose"])
     if request["estimator"] not in KINDS:
         raise ApiError(422, "estimator", f"unknown estimator; expected one of {', '.join(KINDS)}")
-    has_simulator, has_data = "simulator" in request, "data" in request
-    if has_simulator == has_data:
+    has_simulator, has_dataset = "simulator" in request, "dataset" in request
+    if has_simulator == has_dataset:
         raise ApiError(
-            422, "simulator", "give either simulator (+ num_simulations) or data (+ prior)"
+            422, "simulator", "give either simulator (+ num_simulations) or dataset (+ prior)"
         )
     if has_simulator:
         if "num_simulations" not in request:
@@ -94,18 +95,24 @@ def _check_train(state: ServiceState, request: dict[str, Any]) -> None:
             raise ApiError(422, "simulator", f"unknown simulator {request['simulator']!r}")
     else:
         if "prior" not in request:
-            raise ApiError(422, "prior", "required with data: the prior the simulations came from")
+            raise ApiError(
+                422, "prior", "required with dataset: the prior the simulations came from"
+            )
         try:
             prior_from_spec(request["prior"])
         except UserError as e:
             raise field_error(e, "prior") from None
+        try:
+            get_dataset(state.store, request["dataset"])
+        except UserError as e:
+            raise ApiError(422, "dataset", str(e)) from None
 
 
 def _check_diagnose(request: dict[str, Any]) -> None:
     from sbi_service.workflows.diagnose import DiagnoseRequest
 
     try:
-        DiagnoseRequest.from_dict(request)
+        DiagnoseRequest.from_dict({k: v for k, v in request.items() if k != "resources"})
     except UserError as e:
         raise field_error(e, "body") from None
     except TypeError as e:
