@@ -16,6 +16,7 @@ server's per-field messages.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from sbi_service.client.posterior import RemotePosterior
 
 NPY = "application/x-npy"
+RESUMABLE_BYTES = 64 * 2**20  # larger uploads go in chunks
 FINISHED = ("succeeded", "failed", "interrupted")
 
 
@@ -146,17 +148,35 @@ class Client:
         theta: Any = None,
         x: Any = None,
         path: str | Path | None = None,
+        resumable: bool | None = None,
     ) -> dict[str, Any]:
         """Upload simulations (``theta`` (n, d) and ``x`` (n, ...), or an .npz ``path``
-        holding them); returns {"id", "num_simulations", "sha256"}."""
+        holding them); returns {"id", "num_simulations", "sha256", ...}.
+
+        ``resumable`` (default: past ``RESUMABLE_BYTES``) sends the file in the server's
+        chunks (``/v1/datasets/uploads``), sending again the chunks it reports missing.
+        """
         if path is not None:
             body = Path(path).read_bytes()
         else:
             buffer = io.BytesIO()
             np.savez(buffer, theta=np.asarray(theta, np.float32), x=np.asarray(x, np.float32))
             body = buffer.getvalue()
-        headers = {"Content-Type": "application/octet-stream"}
-        return self._json("POST", "/v1/datasets", content=body, headers=headers)
+        octets = {"Content-Type": "application/octet-stream"}
+        if not (len(body) > RESUMABLE_BYTES if resumable is None else resumable):
+            return self._json("POST", "/v1/datasets", content=body, headers=octets)
+        start = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+        status = self._json("POST", "/v1/datasets/uploads", json=start)
+        uploads = f"/v1/datasets/uploads/{status['upload_id']}"
+        for _ in range(self.max_retries + 1):
+            if not status["missing"]:
+                break
+            size = status["chunk_bytes"]
+            for index in status["missing"]:
+                chunk = body[index * size : (index + 1) * size]
+                self.request("PUT", f"{uploads}/chunks/{index}", content=chunk, headers=octets)
+            status = self._json("GET", uploads)
+        return self._json("POST", f"{uploads}/complete")
 
     def dataset(self, dataset_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/datasets/{dataset_id}")
