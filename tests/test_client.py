@@ -99,6 +99,10 @@ def test_register_train_diagnose_jobs_reports_and_reload(served):
     options = {"transforms": 2, "hidden_features": [16, 16]}
     gate = {**PASS, "data": str(folder / "test" / "sims.npz")}
     dataset = client.upload_dataset(path=folder / "sims.npz")
+    assert dataset["num_simulations"] == 300 and client.dataset(dataset["id"]) == dataset
+    with np.load(folder / "sims.npz") as sims:  # arrays, in resumable chunks
+        chunked = client.upload_dataset(sims["theta"], sims["x"], resumable=True)
+    assert chunked["id"] == dataset["id"]  # the same bytes: the same dataset
     job_id = client.train(
         "tiny",
         dataset=dataset["id"],
