@@ -281,14 +281,14 @@ def train(
         sim_id = None
         if req.simulator is not None:
             sim_id = bar.add_task("simulating", total=req.num_simulations or 1, info="")
-        task_id = bar.add_task("training", total=req.train.max_epochs, info="")
+        task_id = bar.add_task("training", total=1.0, info="")
 
         def simulated(done: int, total: int) -> None:
             bar.update(sim_id, completed=done, info=f"{done}/{total}")
 
-        def progress(epoch: int, train_loss: float, val_loss: float) -> None:
+        def progress(epoch: int, train_loss: float, val_loss: float, done: float) -> None:
             info = f"epoch {epoch}  train {train_loss:.3f}  val {val_loss:.3f}"
-            bar.update(task_id, completed=epoch, info=info)
+            bar.update(task_id, completed=done, info=info)
 
         summary = train_model(_store(), req, progress, simulated)
     if as_json:

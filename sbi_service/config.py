@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # Which versions may be served (serving.policy): "latest" any; "passed" only those
     # whose diagnostics passed (or that were force-promoted).
     serve_policy: Literal["latest", "passed"] = "latest"
+    # TLS for `sbi-service serve` (uvicorn's ssl_certfile / ssl_keyfile); without them the
+    # server speaks plain HTTP, and with API keys set it warns (``api.server.tls_warning``).
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
 
     # -- simulation and simulators (README "Scaling out", docs/scaling.md) ---------------
     simulation_backend: Literal["local", "ray"] = "local"  # where simulation chunks and jobs run

@@ -22,3 +22,15 @@ class ForbiddenError(UserError):
     """Not allowed by the server's settings (an import path off the allowlist, ...)."""
 
     status_code = 403
+
+
+class ModelFileError(UserError):
+    """A stored model version whose files are missing, damaged or altered: never served."""
+
+    status_code = 409
+
+
+class StoreUnwritableError(UserError):
+    """The store cannot be written (read-only folder, full disk): nothing was saved."""
+
+    status_code = 503

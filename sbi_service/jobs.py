@@ -232,11 +232,10 @@ def _train(store: Store, request: dict[str, Any], report: Callable[[float], None
     gate = request.get("diagnose")
     share = 1.0 if gate is None else 0.8  # of the progress: simulating and training
     simulating = 0.5 if req.simulator is not None else 0.0  # of that share: simulating
-    max_epochs = max(req.train.max_epochs, 1)
     result = train_model(
         store,
         req,
-        lambda epoch, *_: report(share * (simulating + (1 - simulating) * epoch / max_epochs)),
+        lambda epoch, loss, val, done: report(share * (simulating + (1 - simulating) * done)),
         lambda done, total: report(share * simulating * done / total),
     )
     if gate is not None:

@@ -8,7 +8,7 @@ import torch
 
 from sbi_service.errors import UserError
 from sbi_service.estimators.registry import build_estimator
-from sbi_service.estimators.train import TrainConfig, train
+from sbi_service.estimators.train import TrainConfig, done_fraction, train
 
 
 def _gaussian_data(n: int = 600, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,10 +78,20 @@ def test_extra_loss_is_added_and_progress_reported() -> None:
         x,
         TrainConfig(max_epochs=2),
         extra_loss=lambda est, t, xx: calls.append(len(t)) or torch.zeros(()),
-        progress=lambda epoch, tl, vl: seen.append((epoch, math.isfinite(tl), math.isfinite(vl))),
+        progress=lambda epoch, tl, vl, done: seen.append(
+            (epoch, math.isfinite(tl), math.isfinite(vl), done)
+        ),
     )
     assert calls and all(c == calls[0] for c in calls)  # full batches only
-    assert seen == [(1, True, True), (2, True, True)]
+    assert seen == [(1, True, True, 0.5), (2, True, True, 1.0)]
+
+
+def test_done_fraction_follows_the_nearest_stopping_rule() -> None:
+    config = TrainConfig(max_epochs=2000, max_halvings=5, max_seconds=100.0)
+    assert done_fraction(config, 10, 1.0, 0) == pytest.approx(0.01)  # seconds lead
+    assert done_fraction(config, 10, 1.0, 3) == pytest.approx(0.5)  # 3 of 6 halvings
+    assert done_fraction(config, 2000, 1.0, 0) == 1.0
+    assert done_fraction(TrainConfig(), 100, 1e9, 0) == pytest.approx(0.05)  # no time limit
 
 
 def test_bad_input_is_a_user_error() -> None:

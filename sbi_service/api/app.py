@@ -20,7 +20,7 @@ import torch
 from fastapi import FastAPI
 
 from sbi_service.api.deps import ServiceState
-from sbi_service.api.errors import install_error_handlers
+from sbi_service.api.errors import API_ERRORS, install_error_handlers
 from sbi_service.api.middleware import ServiceMiddleware
 from sbi_service.api.routers import datasets, health, jobs, models, simulators, ui
 from sbi_service.config import Settings
@@ -74,8 +74,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.sbi = state
     install_error_handlers(app)
     app.add_middleware(ServiceMiddleware, state=state)
-    for module in (health, models, simulators, datasets, jobs, ui):
-        app.include_router(module.router)
+    app.include_router(health.router)
+    for module in (models, simulators, datasets, jobs):
+        app.include_router(module.router, responses=API_ERRORS)
+    app.include_router(ui.router)
     app.mount("/ui/static", ui.static_files, name="ui-static")
     return app
 

@@ -9,14 +9,16 @@ whole by ``body``. ``UserError`` keeps its status (422, 404 for ``NotFoundError`
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
+from sbi_service.api.schemas import ErrorResponse
 from sbi_service.errors import UserError
 
 log = logging.getLogger("sbi_service.api")
@@ -103,9 +105,29 @@ async def user_error_handler(request: Request, exc: UserError) -> JSONResponse:
 
 async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     field = {404: "path", 405: "method"}.get(exc.status_code, "body")
-    return JSONResponse(
-        error_body(field, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
-    )
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return JSONResponse(error_body(field, str(exc.detail)), exc.status_code, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's 405 names only one route's)."""
+    methods: set[str] = set()
+    for route in all_routes(request.app.routes):
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
+def all_routes(routes: Sequence[BaseRoute]) -> Iterator[BaseRoute]:
+    """The app's routes, those of included routers too (FastAPI nests them)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from all_routes(included.routes)
+        else:
+            yield route
 
 
 async def internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -120,6 +142,21 @@ def is_json(request: Request) -> bool:
 
 def _count_rejection(request: Request, reason: str) -> None:
     request.app.state.sbi.metrics.rejections.labels(reason).inc()
+
+
+# The answers any /v1 operation may give besides its own (``create_app`` documents them
+# on every operation, so that the OpenAPI document lists every status the server sends).
+API_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": description}
+    for code, description in {
+        400: "the body is not valid JSON",
+        401: "an API key is needed, or the one sent is not valid",
+        403: "the server has no API keys configured for this operation",
+        413: "the body is larger than the server's limit",
+        415: "the body is not sent as application/json",
+        422: "a field of the request is invalid; the answer names it",
+    }.items()
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:

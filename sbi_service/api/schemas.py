@@ -14,7 +14,7 @@ import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_NESTING = 6  # array depth: (num_obs, *x_shape) with up to 5 axes per observation
@@ -55,9 +55,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+def nested_numbers_schema(depth: int = MAX_NESTING) -> dict[str, Any]:
+    """The JSON schema ``check_numbers`` enforces: non-empty lists, nested up to ``depth``
+    deep, of numbers within float32 range (no null, string or boolean). Written out level
+    by level (no recursive reference); rectangularity is checked by the server only."""
+    number = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+    items = number if depth == 1 else {"anyOf": [number, nested_numbers_schema(depth - 1)]}
+    return {"type": "array", "minItems": 1, "items": items}
+
+
 NumberArray = Annotated[
     list[Any],
     Field(min_length=1, description="nested lists of finite numbers"),
+    WithJsonSchema(nested_numbers_schema()),
 ]
 
 
@@ -287,12 +297,37 @@ class TrainJob(Strict):
     resources: JobResources | None = None
 
 
-class DiagnoseJob(BaseModel):
-    """Diagnose a model: the fields of ``sbi_service.workflows.diagnose.DiagnoseRequest``."""
+class DiagnoseThresholds(Strict):
+    """Overrides of ``sbi_service.workflows.diagnose.Thresholds``."""
 
-    model_config = ConfigDict(strict=True, extra="allow")
+    max_atc: float | None = Field(None, ge=0)
+    min_ks_pvalue: float | None = Field(None, ge=0, le=1)
+    max_adversarial_kl: float | None = Field(None, ge=0)
+    max_c2st: float | None = Field(None, ge=0, le=1)
+    max_ppc_z: float | None = Field(None, ge=0)
+    min_contraction: float | None = Field(None, le=1)
+
+
+class DiagnoseJob(Strict):
+    """Diagnose a model (``sbi_service.workflows.diagnose.DiagnoseRequest``; the report
+    folder is the server's choice, never the caller's)."""
+
     kind: Literal["diagnose"]
-    model: str
+    model: str = Field(description="an existing model")
+    version: int | None = Field(None, ge=1, description="default: the latest")
+    tarp: bool = True
+    sbc: bool = True
+    coverage: bool = False
+    robustness: bool = False
+    c2st: bool = False
+    ppc: bool = False
+    num_simulations: int | None = Field(None, ge=10, le=1_000_000)
+    data: str | None = Field(None, description="path of a test .npz on the server")
+    num_posterior_samples: int = Field(1000, ge=10, le=100_000)
+    seed: int = Field(0, ge=0, lt=2**63)
+    thresholds: DiagnoseThresholds = Field(default_factory=DiagnoseThresholds)
+    num_robustness_observations: int = Field(50, ge=1, le=10_000)
+    num_c2st_observations: int = Field(3, ge=1, le=100)
     resources: JobResources | None = None
 
 

@@ -70,8 +70,26 @@ def build_server(
         access_log=access_log,
         timeout_graceful_shutdown=max(settings.drain_timeout_s, 1.0),
         log_level="info",
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
     )
+    warning = tls_warning(settings, host, port)
+    if warning:
+        log.warning(warning)
     return DrainingServer(config, app.state.sbi)
+
+
+def tls_warning(settings: Settings, host: str, port: int) -> str | None:
+    """What to say when API keys would travel over plain HTTP (None when they do not)."""
+    if not settings.api_keys or settings.ssl_certfile is not None:
+        return None
+    return (
+        f"API keys are set but http://{host}:{port} has no TLS: keys and data cross the "
+        "network in clear text. Put TLS in front: set SBI_SERVICE_SSL_CERTFILE and "
+        "SBI_SERVICE_SSL_KEYFILE (passed to uvicorn as --ssl-certfile/--ssl-keyfile), or "
+        f"serve on 127.0.0.1 behind a reverse proxy (nginx, Caddy) that terminates HTTPS and "
+        f"forwards to 127.0.0.1:{port}; if such a proxy is already in front, ignore this."
+    )
 
 
 def serve(

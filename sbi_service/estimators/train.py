@@ -82,7 +82,22 @@ class TrainResult:
         return asdict(self)
 
 
-ProgressFn = Callable[[int, float, float], None]  # (epoch, train_loss, val_loss)
+# (epoch, train_loss, val_loss, done): done in [0, 1] is ``done_fraction``
+ProgressFn = Callable[[int, float, float, float], None]
+
+
+def done_fraction(config: TrainConfig, epoch: int, seconds: float, halvings: int) -> float:
+    """How far training is toward the first stopping rule it will meet, in [0, 1].
+
+    The largest of epoch / max_epochs, seconds / max_seconds and halvings of the
+    learning rate / (max_halvings + 1) (the halving that crosses the floor stops it);
+    each only grows, so the fraction never goes back. Early stopping after
+    ``patience`` epochs without improvement can end training sooner.
+    """
+    parts = [epoch / config.max_epochs, halvings / (config.max_halvings + 1)]
+    if math.isfinite(config.max_seconds):
+        parts.append(seconds / config.max_seconds)
+    return min(max(parts), 1.0)
 
 
 def train(
@@ -148,7 +163,9 @@ def train(
         history["train_loss"].append(train_loss)
         history["validation_loss"].append(val)
         if progress is not None:
-            progress(epoch, train_loss, val)
+            halvings = round(math.log2(learning_rate / optimizer.param_groups[0]["lr"]))
+            done = done_fraction(config, epoch, time.perf_counter() - start, halvings)
+            progress(epoch, train_loss, val, done)
         if not math.isfinite(val):
             stopped = "non_finite_loss"
             break

@@ -24,6 +24,10 @@ that process renews ``heartbeat_at`` every few seconds while the job is queued o
 running (``renew_leases``). ``mark_interrupted_jobs`` marks a job interrupted only
 when its owner is really gone: a process of this host that no longer exists, or a
 lease not renewed for ``LEASE_S`` seconds. A live server's jobs are never touched.
+
+The sha256 of every saved file is recorded with its version (``model_files``) and
+checked before the version is loaded (``store.files``); a store that cannot be
+written, or a disk that fills up, is a ``StoreUnwritableError`` naming the folder.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sbi_service.errors import NotFoundError, UserError
+from sbi_service.errors import NotFoundError, StoreUnwritableError, UserError
+from sbi_service.store import files
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS simulators (
@@ -97,6 +102,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS model_files (
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    file TEXT NOT NULL,              -- a file name in the version's folder
+    sha256 TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (model, version, file)
+);
 """
 # Columns added after the first release; added to older databases on open.
 JOB_LEASE_COLUMNS = {"owner": "TEXT", "heartbeat_at": "REAL"}  # host:pid, its last renewal
@@ -113,11 +126,12 @@ VERDICT_DETAILS = (
     "thresholds",
     "skipped",
 )
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def check_name(name: str, what: str = "model name") -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    """``name`` if it is a safe folder name (the whole string: no newline slips past)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise UserError(
             f"{what} {name!r} is not allowed: use 1-64 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit"
@@ -131,30 +145,62 @@ class Store:
     def __init__(self, home: Path):
         self.home = Path(home)
         self.models_dir = self.home / "models"
-        self.models_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.home / "sbi_service.db"
-        db = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-            _add_columns(db, "jobs", JOB_LEASE_COLUMNS)
-        finally:
-            db.close()
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(SCHEMA)
+                _add_columns(db, "jobs", JOB_LEASE_COLUMNS)
+            finally:
+                db.close()
+        except (OSError, sqlite3.OperationalError) as e:
+            raise self._unusable(e) from None
+        files.remove_stale_tmp(self.models_dir)
+
+    def _unusable(self, e: OSError | sqlite3.OperationalError) -> Exception:
+        """A clear error for a store that cannot be opened or written (else ``e`` itself)."""
+        if isinstance(e, OSError):
+            return files.unwritable(e, self.home, "the store")
+        if "readonly" in str(e) or "unable to open" in str(e):
+            return StoreUnwritableError(
+                f"the store {self.home} cannot be written ({e}); point SBI_SERVICE_HOME at a "
+                "writable folder or fix its permissions"
+            )
+        if "disk is full" in str(e):
+            return StoreUnwritableError(
+                f"no space left on the device holding {self.home} ({e}); free some space"
+            )
+        return e
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        db.row_factory = sqlite3.Row
         try:
+            db = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            db.row_factory = sqlite3.Row
             db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise self._unusable(e) from None
+        try:
             try:
                 yield db
-            except BaseException:
-                db.execute("ROLLBACK")
+                db.execute("COMMIT")
+            except BaseException as e:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.OperationalError):
+                    raise self._unusable(e) from None
                 raise
-            db.execute("COMMIT")
         finally:
             db.close()
+
+    def check_writable(self, model: str) -> None:
+        """Raise ``StoreUnwritableError`` now if a version of ``model`` could not be saved."""
+        check_name(model)
+        files.check_writable(self.models_dir, f"model {model!r}")
+        if (self.models_dir / model).is_dir():
+            files.check_writable(self.models_dir / model, f"model {model!r}")
 
     # -- simulators ------------------------------------------------------------
     def add_simulator(self, name: str, kind: str, spec: dict[str, Any]) -> int:
@@ -209,15 +255,19 @@ class Store:
         """Create the next version of ``model``: ``write(folder)`` fills a temporary folder
         and returns its config; the folder is renamed into place, then recorded.
 
-        Returns {"model", "version", "path", "config"}.
+        Returns {"model", "version", "path", "config"}. The sha256 of every file is
+        recorded with the version. A full disk or an unwritable folder raises
+        ``StoreUnwritableError`` and leaves nothing behind.
         """
         check_name(model)
-        model_dir = self.models_dir / model
-        model_dir.mkdir(parents=True, exist_ok=True)
-        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
+        model_dir = files.inside(self.home, self.models_dir / model)
+        tmp = files.tmp_folder(model_dir)
+        final: Path | None = None
         try:
+            model_dir.mkdir(parents=True, exist_ok=True)
             config = write(tmp)
             _fsync_tree(tmp)
+            saved = files.digests(tmp)
             with self._connect() as db:
                 row = db.execute(
                     "SELECT COALESCE(MAX(version), 0) FROM model_versions WHERE model = ?", (model,)
@@ -237,10 +287,36 @@ class Store:
                         time.time(),
                     ),
                 )
+                db.executemany(
+                    "INSERT INTO model_files VALUES (?, ?, ?, ?, ?)",
+                    [(model, version, n, d["sha256"], d["bytes"]) for n, d in saved.items()],
+                )
+        except BaseException as e:
+            if final is not None and final.exists() and not tmp.exists():
+                shutil.rmtree(final, ignore_errors=True)  # renamed, but its row rolled back
+            if isinstance(e, OSError):
+                raise files.unwritable(e, model_dir, f"model {model!r}") from None
+            raise
         finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
         return {"model": model, "version": version, "path": str(final), "config": config}
+
+    def verified_path(self, record: dict[str, Any]) -> Path:
+        """The folder of a version record, once its files match their recorded sha256.
+
+        Raises ``ModelFileError`` (missing, truncated or altered file) otherwise. Versions
+        saved before checksums were recorded have none to check.
+        """
+        model, version = record["model"], record["version"]
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT file, sha256, bytes FROM model_files WHERE model = ? AND version = ?",
+                (model, version),
+            ).fetchall()
+        expected = {r["file"]: {"sha256": r["sha256"], "bytes": r["bytes"]} for r in rows}
+        folder = Path(record["path"])
+        files.verify(folder, expected, f"model {model!r} version {version}")
+        return folder
 
     def get_model_version(self, model: str, version: int | None = None) -> dict[str, Any]:
         """The given version of ``model`` (the latest when ``version`` is None)."""
@@ -284,7 +360,7 @@ class Store:
         return {
             "model": row["model"],
             "version": row["version"],
-            "path": str(self.home / row["path"]),
+            "path": str(files.inside(self.home, self.home / row["path"])),
             "config": json.loads(row["config"]),
             "created_at": row["created_at"],
         }

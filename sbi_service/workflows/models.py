@@ -18,9 +18,13 @@ from sbi_service.store.db import Store
 def load_posterior(
     store: Store, model: str, version: int | None = None, device: str = "cpu"
 ) -> tuple[Posterior, dict[str, Any]]:
-    """The stored model as a ``Posterior`` on ``device``, and its version record."""
+    """The stored model as a ``Posterior`` on ``device``, and its version record.
+
+    Its files are checked against the sha256 recorded at save time first: a missing,
+    truncated or altered file raises ``ModelFileError`` and nothing is loaded.
+    """
     record = store.get_model_version(model, version)
-    estimator, config = load_estimator(Path(record["path"]), device)
+    estimator, config = load_estimator(store.verified_path(record), device)
     return Posterior(estimator, prior_from_spec(config["prior"])), record
 
 

@@ -28,7 +28,7 @@ from sbi_service.estimators.auto import check_kind, estimator_config
 from sbi_service.estimators.fisher import FisherRegularizer, check_fisher_support
 from sbi_service.estimators.io import save_estimator
 from sbi_service.estimators.registry import build_estimator
-from sbi_service.estimators.train import TrainConfig, train
+from sbi_service.estimators.train import ProgressFn, TrainConfig, train
 from sbi_service.simulators.priors import Prior, prior_from_spec
 from sbi_service.simulators.registry import get_task
 from sbi_service.simulators.simulate import (
@@ -143,15 +143,18 @@ def load_training_data(
 def train_model(
     store: Store,
     req: TrainRequest,
-    progress: Callable[[int, float, float], None] | None = None,
+    progress: ProgressFn | None = None,
     simulation_progress: SimulationProgress | None = None,
 ) -> dict[str, Any]:
     """Simulate or load, train, save as the next version of ``req.name``; returns a summary.
 
-    ``progress(epoch, train_loss, val_loss)`` after each epoch;
-    ``simulation_progress(rows done, rows)`` while simulating.
+    ``progress(epoch, train_loss, val_loss, done)`` after each epoch (``done`` in [0, 1]:
+    ``estimators.train.done_fraction``); ``simulation_progress(rows done, rows)`` while
+    simulating. A store that could not save the model (read-only ``models/``) is refused
+    before any simulation or training is spent.
     """
     check_name(req.name)
+    store.check_writable(req.name)
     check_kind(req.estimator)
     theta, x, prior, provenance, chunks = load_training_data(store, req, simulation_progress)
     provenance["data_sha256"] = data_sha256(theta, x)

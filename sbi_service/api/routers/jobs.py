@@ -33,7 +33,7 @@ async def create_job(
     """Start a train or diagnose job; 202 with its id. Checked here, run in a worker process."""
     request = body.model_dump(exclude_none=True)
     if isinstance(body, DiagnoseJob):
-        await asyncio.to_thread(_check_diagnose, request)
+        await asyncio.to_thread(_check_diagnose, state, request)
     else:
         await asyncio.to_thread(_check_train, state, request)
     on_done = _reload_when_trained(state)
@@ -108,15 +108,20 @@ def _check_train(state: ServiceState, request: dict[str, Any]) -> None:
             raise ApiError(422, "dataset", str(e)) from None
 
 
-def _check_diagnose(request: dict[str, Any]) -> None:
+def _check_diagnose(state: ServiceState, request: dict[str, Any]) -> None:
+    """The request's fields, and that the model (and version) it names exists."""
     from sbi_service.workflows.diagnose import DiagnoseRequest
 
     try:
-        DiagnoseRequest.from_dict({k: v for k, v in request.items() if k != "resources"})
+        req = DiagnoseRequest.from_dict({k: v for k, v in request.items() if k != "resources"})
     except UserError as e:
         raise field_error(e, "body") from None
     except TypeError as e:
         raise ApiError(422, "body", f"bad diagnose request: {e}") from None
+    try:
+        state.store.get_model_version(req.model, req.version)
+    except NotFoundError as e:
+        raise ApiError(422, "version" if req.version is not None else "model", str(e)) from None
 
 
 def _check_train_diagnose(name: str, options: dict[str, Any]) -> None:

@@ -37,7 +37,7 @@ from sbi_service.api.schemas import (
     SamplesResponse,
 )
 from sbi_service.diagnostics.report import REPORT_HTML, REPORT_JSON
-from sbi_service.errors import NotFoundError, UserError
+from sbi_service.errors import ModelFileError, NotFoundError, UserError
 from sbi_service.serving import DeadlineExceeded, Overloaded
 from sbi_service.serving.engine import new_seed
 from sbi_service.serving.policy import ModelStatus, NotServable
@@ -199,6 +199,8 @@ async def sample(
         )
     except (NotFoundError, NotServable) as e:
         raise field_error(e, "version" if body.version is not None else "model") from None
+    except ModelFileError as e:
+        raise field_error(e, "model") from None
     except UserError as e:
         raise field_error(e, "observations") from None
     except Overloaded as e:
@@ -343,6 +345,8 @@ async def log_prob(
         loaded = await state.pool.get(model, body.version)
     except (NotFoundError, NotServable) as e:
         raise field_error(e, "version" if body.version is not None else "model") from None
+    except ModelFileError as e:
+        raise field_error(e, "model") from None
     posterior = loaded.posterior
     if not posterior.estimator.has_density:
         raise ApiError(
