@@ -6,7 +6,7 @@ the examples, coverage (boundary and invalid values), fuzzing (generated valid a
 invalid bodies) and stateful phases (sequences that follow the schema's links, e.g.
 submit a job, then read it; train a model, then sample it), and every check but
 ``positive_data_acceptance`` (a schema cannot say that observations must have the
-model's shape, so a schema-valid body may rightly get a 422) and ``max_response_time``.
+model's shape, so a schema-valid body may rightly get a 422).
 
     python benchmarks/fuzz.py [--max-examples 200] [--max-time 300]
 
@@ -31,9 +31,9 @@ from pathlib import Path
 import httpx
 
 KEY = "fuzz-key"
-# Every check schemathesis has, but two: positive_data_acceptance (module docstring) and
-# max_response_time (latency on a shared machine is for the load benchmark, not a check).
-EXCLUDED_CHECKS = ["positive_data_acceptance", "max_response_time"]
+# Every check schemathesis has, but positive_data_acceptance (see the module docstring);
+# response times are not judged here (on a shared machine, that is the load benchmark's).
+EXCLUDED_CHECKS = ["positive_data_acceptance"]
 
 
 def free_port() -> int:
@@ -81,7 +81,8 @@ def run_schemathesis(
     cmd = [str(st), "run", f"{url}/openapi.json", "--checks", "all", "--phases", phases]
     cmd += ["--exclude-checks", ",".join(EXCLUDED_CHECKS), "--max-examples", str(max_examples)]
     cmd += ["--workers", "1", "--seed", "1", "--no-color", "--continue-on-failure"]
-    cmd += ["--request-timeout", "60", "--suppress-health-check", "all"]
+    cmd += ["--request-timeout", "120", "--max-response-time", "120"]
+    cmd += ["--suppress-health-check", "all"]
     cmd += ["--report", "ndjson", "--report-ndjson-path", str(report)]
     if max_time is not None:
         cmd += ["--max-time", str(int(max_time))]
@@ -98,6 +99,8 @@ def run_schemathesis(
 
 def summarize(report: Path) -> dict:
     """Operations, cases and failures by kind from an ``st run`` ndjson event report."""
+    if not report.exists():
+        return {"operations": [], "cases": 0, "failures": {"st run wrote no report": 1}}
     operations: set[str] = set()
     cases = 0
     failures: Counter[str] = Counter()

@@ -286,7 +286,7 @@ def test_bad_inputs_get_4xx_naming_the_field(client):
             },
             "resources.num_cpus",
         ),
-        ({"kind": "diagnose", "model": "tiny", "bogus": 1}, "body"),
+        ({"kind": "diagnose", "model": "tiny", "bogus": 1}, "bogus"),
         ({"kind": "diagnose"}, "model"),
     ]:
         r = client.post("/v1/jobs", json=bad_job, headers=AUTH)

@@ -203,3 +203,13 @@ def test_hostile_jobs_are_refused_before_they_run(client, job, field):
 def test_405_names_every_method_of_the_path(client):
     r = client.options("/v1/simulators")
     assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+
+
+def test_request_bodies_are_bounded(app_home):
+    app = create_app(Settings(home=app_home, api_keys=[KEY], max_body_bytes=4096))
+    with TestClient(app) as c:
+        big = {"observations": [[0.5, 0.5]] * 1000, "num_samples": 1}
+        r = c.post("/v1/models/tiny/samples", json=big)
+        assert r.status_code == 413 and r.json()["detail"][0]["field"] == "body"
+        r = c.post("/v1/jobs", content=b"x" * 5000, headers={"X-API-Key": KEY})
+        assert r.status_code == 413

@@ -20,7 +20,7 @@ import torch
 from fastapi import FastAPI
 
 from sbi_service.api.deps import ServiceState
-from sbi_service.api.errors import API_ERRORS, install_error_handlers
+from sbi_service.api.errors import API_ERRORS, document_errors_as_json, install_error_handlers
 from sbi_service.api.middleware import ServiceMiddleware
 from sbi_service.api.routers import datasets, health, jobs, models, simulators, ui
 from sbi_service.config import Settings
@@ -79,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router, responses=API_ERRORS)
     app.include_router(ui.router)
     app.mount("/ui/static", ui.static_files, name="ui-static")
+    document_errors_as_json(app)
     return app
 
 

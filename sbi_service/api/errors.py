@@ -159,6 +159,26 @@ API_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def document_errors_as_json(app: FastAPI) -> None:
+    """Every 4xx/5xx answer is JSON (the handlers above), whatever a route's own media type
+    (an HTML report's errors too): say so in the OpenAPI document."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    for code, response in operation.get("responses", {}).items():
+                        content = response.get("content")
+                        if code[0] in "45" and content and "application/json" not in content:
+                            response["content"] = {"application/json": content.popitem()[1]}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.add_exception_handler(ApiError, api_error_handler)

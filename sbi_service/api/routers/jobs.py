@@ -26,7 +26,26 @@ router = APIRouter(
 )
 
 
-@router.post("", status_code=202, response_model=JobCreated, dependencies=[Depends(require_key)])
+# OpenAPI links: what a client (or a stateful fuzzer) does next with a new job.
+JOB_LINKS = {
+    "ReadTheJob": {
+        "operationRef": "#/paths/~1v1~1jobs~1{job_id}/get",
+        "parameters": {"job_id": "$response.body#/id"},
+    },
+    "SampleTheTrainedModel": {
+        "operationRef": "#/paths/~1v1~1models~1{model}~1samples/post",
+        "parameters": {"model": "$request.body#/name"},
+    },
+}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobCreated,
+    dependencies=[Depends(require_key)],
+    responses={202: {"links": JOB_LINKS}},
+)
 async def create_job(
     body: JobRequest = Body(discriminator="kind"), state: ServiceState = Depends(get_state)
 ) -> dict[str, str]:

@@ -1,0 +1,295 @@
+"""kill -9 in the middle of training, saving and diagnosing, with real processes.
+
+Each scenario starts from a home holding one trained model (``tiny`` v1), runs a real
+``sbi-service`` process (the CLI, or ``serve`` with its job workers), kills it with
+SIGKILL at the named moment, and then checks the store the way a restart sees it:
+
+    consistent   the versions recorded are the versions before, plus at most one whole new one
+    earlier      every earlier version still loads (checksums match) and samples
+    tmp          temporary save folders left by the kill, and after a Store is opened again
+    job          the interrupted job's state after the server restarts ("interrupted")
+    rerun        the same work run again succeeds (CLI: the command; REST: the job request)
+
+"mid-save" is caught without any hook in the code: the model is made large enough that
+writing it takes a while, and the process is killed as soon as its ``.tmp-*`` folder
+appears. A killed server is killed with its job workers (its process group), as a
+machine crash would.
+
+    python benchmarks/faults.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from tiny_model import PRIOR, make_data, train_tiny  # noqa: E402
+
+from sbi_service.store.db import Store  # noqa: E402
+from sbi_service.workflows.models import load_posterior, sample_posterior  # noqa: E402
+
+KEY = "faults-key"
+BIG = {"transforms": 5, "hidden_features": [512, 512]}  # ~40 MB of weights: a slow save
+LONG = ["--max-epochs", "100000", "--patience", "100000"]
+
+
+def cli_process(home: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "SBI_SERVICE_HOME": str(home)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "sbi_service", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def train_args(folder: Path, name: str, *more: str) -> list[str]:
+    data = ["--data", str(folder / "sims.npz"), "--prior", str(folder / "prior.json")]
+    return ["train", "--name", name, *data, "--seed", "0", *more]
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, every: float = 0.001) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(every)
+    return False
+
+
+def tmp_folders(home: Path) -> list[Path]:
+    return list((home / "models").glob("*/.tmp-*"))
+
+
+def check_store(home: Path, before: dict[str, list[int]]) -> dict:
+    """What a restart sees: leftovers, recorded versions, every earlier version sampling."""
+    leftovers = len(tmp_folders(home))
+    store = Store(home)  # opening it removes the dead process's temporary folders
+    after = {m["model"]: m["versions"] for m in store.list_models()}
+    consistent = all(after.get(m, [])[: len(v)] == v for m, v in before.items()) and all(
+        len(after[m]) <= len(before.get(m, [])) + 1 for m in after
+    )
+    sampled = 0
+    for model, versions in after.items():
+        for version in versions:
+            posterior, _ = load_posterior(store, model, version)
+            x = np.zeros((1, *posterior.x_shape), dtype=np.float32)
+            assert sample_posterior(posterior, x, 10, 0).shape[:2] == (1, 10)
+            sampled += 1
+    return {
+        "consistent": consistent,
+        "versions": after,
+        "earlier_sample": f"{sampled}/{sum(len(v) for v in after.values())}",
+        "tmp_left": leftovers,
+        "tmp_after_open": len(tmp_folders(home)),
+    }
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+def cli_mid_training(folder: Path, home: Path) -> dict:
+    proc = cli_process(home, *train_args(folder, "tiny", *LONG))
+    time.sleep(8)  # importing, loading, then training
+    killed_at = "training" if proc.poll() is None else "already finished"
+    kill_group(proc)
+    return {"killed_during": killed_at, **rerun_cli(folder, home)}
+
+
+def cli_mid_save(folder: Path, home: Path) -> dict:
+    args = train_args(folder, "big", "--max-epochs", "1", "--options", json.dumps(BIG))
+    proc = cli_process(home, *args)
+    caught = wait_for(lambda: bool(tmp_folders(home)) or proc.poll() is not None, 600)
+    inside = caught and proc.poll() is None and bool(tmp_folders(home))
+    kill_group(proc)
+    return {"killed_during": "save" if inside else "missed the save", **rerun_cli(folder, home)}
+
+
+def rerun_cli(folder: Path, home: Path) -> dict:
+    outcome = check_store(home, {"tiny": [1]})
+    proc = cli_process(home, *train_args(folder, "tiny", "--max-epochs", "2"))
+    code = proc.wait(600)
+    outcome["rerun"] = "exit 0" if code == 0 else f"exit {code}: {proc.stderr.read().decode()}"
+    return outcome
+
+
+# -- server -------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(home: Path, port: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "SBI_SERVICE_HOME": str(home),
+        "SBI_SERVICE_API_KEYS": KEY,
+        "SBI_SERVICE_RELOAD_INTERVAL_S": "0",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sbi_service", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(url + "/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    if not wait_for(ready, 180, every=0.2):
+        raise RuntimeError("the server did not become ready")
+    return proc
+
+
+def server_scenario(
+    home: Path,
+    job: dict,
+    moment: str,
+    killed: Callable[[str, str], bool],
+    rerun_changes: dict | None = None,
+) -> dict:
+    """Submit ``job``, kill the server's group when ``killed(url, job_id)``, restart, and
+    submit the interrupted job's request again (with ``rerun_changes``)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    http = httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": KEY})
+    server = start_server(home, port)
+    try:
+        r = http.post("/v1/jobs", json=job)
+        r.raise_for_status()
+        job_id = r.json()["id"]
+        caught = wait_for(lambda: killed(url, job_id), 600)
+        state = http.get(f"/v1/jobs/{job_id}").json()["state"]
+        kill_group(server)
+        outcome = {"killed_during": moment if caught and state == "running" else "missed"}
+        outcome.update(check_store(home, {"tiny": [1]}))
+        start = time.perf_counter()
+        server = start_server(home, port)
+        wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["state"] == "interrupted", 60, 0.1)
+        info = http.get(f"/v1/jobs/{job_id}").json()
+        outcome["job"] = info["state"]
+        outcome["restart_s"] = round(time.perf_counter() - start, 1)
+        request = {**info["request"], **(rerun_changes or {})}
+        rerun = http.post("/v1/jobs", json=request).json()["id"]
+        wait_for(
+            lambda: http.get(f"/v1/jobs/{rerun}").json()["state"] not in ("queued", "running"),
+            600,
+            0.2,
+        )
+        outcome["rerun"] = http.get(f"/v1/jobs/{rerun}").json()["state"]
+        return outcome
+    finally:
+        http.close()
+        if server.poll() is None:
+            kill_group(server)
+
+
+def running(url: str, job_id: str) -> bool:
+    time.sleep(0.2)
+    return httpx.get(f"{url}/v1/jobs/{job_id}").json()["state"] == "running"
+
+
+def server_mid_training(folder: Path, home: Path) -> dict:
+    job = {
+        "kind": "train",
+        "name": "moons",
+        "simulator": "two_moons",
+        "num_simulations": 1000,
+        "estimator_options": {"transforms": 1, "hidden_features": [16]},
+        "train": {"max_epochs": 100_000, "patience": 100_000, "max_seconds": 20},
+    }
+
+    def trained_a_while(url: str, job_id: str) -> bool:
+        return running(url, job_id) and time.sleep(3) is None
+
+    return server_scenario(home, job, "training", trained_a_while)
+
+
+def server_mid_save(folder: Path, home: Path) -> dict:
+    job = {
+        "kind": "train",
+        "name": "big",
+        "simulator": "two_moons",
+        "num_simulations": 200,
+        "estimator_options": BIG,
+        "train": {"max_epochs": 1},
+    }
+    return server_scenario(home, job, "save", lambda url, job_id: bool(tmp_folders(home)))
+
+
+def server_mid_diagnose(folder: Path, home: Path) -> dict:
+    job = {
+        "kind": "diagnose",
+        "model": "tiny",
+        "data": str(folder / "sims.npz"),
+        "num_posterior_samples": 50_000,
+    }
+
+    def diagnosing(url: str, job_id: str) -> bool:
+        return running(url, job_id) and time.sleep(2) is None
+
+    return server_scenario(home, job, "diagnose", diagnosing, {"num_posterior_samples": 100})
+
+
+SCENARIOS = {
+    "cli kill -9 mid-training": cli_mid_training,
+    "cli kill -9 mid-save": cli_mid_save,
+    "server kill -9 mid-training job": server_mid_training,
+    "server kill -9 mid-save (train job)": server_mid_save,
+    "server kill -9 mid-diagnose job": server_mid_diagnose,
+}
+
+
+def main() -> None:
+    rows = []
+    for name, scenario in SCENARIOS.items():
+        folder = Path(tempfile.mkdtemp(prefix="sbi-faults-"))
+        try:
+            make_data(folder, n=500)
+            (folder / "prior.json").write_text(json.dumps(PRIOR))
+            home = folder / "home"
+            train_tiny(Store(home), folder / "sims.npz")
+            start = time.perf_counter()
+            outcome = scenario(folder, home)
+            outcome["seconds"] = round(time.perf_counter() - start, 1)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        rows.append((name, outcome))
+        print(f"{name}: {json.dumps(outcome)}", flush=True)
+    ok = all(
+        o["consistent"]
+        and o["tmp_after_open"] == 0
+        and o["rerun"] in ("exit 0", "succeeded")
+        and o.get("job", "interrupted") == "interrupted"
+        for _, o in rows
+    )
+    print("all scenarios held" if ok else "SOME SCENARIO FAILED")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
