@@ -165,15 +165,9 @@ def start_server(home: Path, port: int) -> subprocess.Popen:
     return proc
 
 
-def server_scenario(
-    home: Path,
-    job: dict,
-    moment: str,
-    killed: Callable[[str, str], bool],
-    rerun_changes: dict | None = None,
-) -> dict:
+def server_scenario(home: Path, job: dict, moment: str, killed: Callable[[str, str], bool]) -> dict:
     """Submit ``job``, kill the server's group when ``killed(url, job_id)``, restart, and
-    submit the interrupted job's request again (with ``rerun_changes``)."""
+    rerun the interrupted job (``POST /v1/jobs/{id}/rerun``: same id, same request)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     http = httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": KEY})
@@ -193,14 +187,13 @@ def server_scenario(
         info = http.get(f"/v1/jobs/{job_id}").json()
         outcome["job"] = info["state"]
         outcome["restart_s"] = round(time.perf_counter() - start, 1)
-        request = {**info["request"], **(rerun_changes or {})}
-        rerun = http.post("/v1/jobs", json=request).json()["id"]
+        http.post(f"/v1/jobs/{job_id}/rerun").raise_for_status()
         wait_for(
-            lambda: http.get(f"/v1/jobs/{rerun}").json()["state"] not in ("queued", "running"),
+            lambda: http.get(f"/v1/jobs/{job_id}").json()["state"] not in ("queued", "running"),
             600,
             0.2,
         )
-        outcome["rerun"] = http.get(f"/v1/jobs/{rerun}").json()["state"]
+        outcome["rerun"] = http.get(f"/v1/jobs/{job_id}").json()["state"]
         return outcome
     finally:
         http.close()
@@ -220,7 +213,7 @@ def server_mid_training(folder: Path, home: Path) -> dict:
         "simulator": "two_moons",
         "num_simulations": 1000,
         "estimator_options": {"transforms": 1, "hidden_features": [16]},
-        "train": {"max_epochs": 100_000, "patience": 100_000, "max_seconds": 20},
+        "train": {"max_epochs": 100_000, "patience": 100_000, "max_seconds": 15},
     }
 
     def trained_a_while(url: str, job_id: str) -> bool:
@@ -246,13 +239,13 @@ def server_mid_diagnose(folder: Path, home: Path) -> dict:
         "kind": "diagnose",
         "model": "tiny",
         "data": str(folder / "sims.npz"),
-        "num_posterior_samples": 50_000,
+        "num_posterior_samples": 5000,
     }
 
     def diagnosing(url: str, job_id: str) -> bool:
-        return running(url, job_id) and time.sleep(2) is None
+        return running(url, job_id) and time.sleep(1) is None
 
-    return server_scenario(home, job, "diagnose", diagnosing, {"num_posterior_samples": 100})
+    return server_scenario(home, job, "diagnose", diagnosing)
 
 
 SCENARIOS = {

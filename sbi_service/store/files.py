@@ -94,13 +94,18 @@ def remove_stale_tmp(models_dir: Path) -> list[Path]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS): the signal check is all there is
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def check_writable(folder: Path, what: str) -> None:
