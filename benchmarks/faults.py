@@ -15,7 +15,7 @@ writing it takes a while, and the process is killed as soon as its ``.tmp-*`` fo
 appears. A killed server is killed with its job workers (its process group), as a
 machine crash would.
 
-    python benchmarks/faults.py
+    python benchmarks/faults.py [WORDS]     # only the scenarios whose name has all WORDS
 """
 
 from __future__ import annotations
@@ -260,6 +260,8 @@ SCENARIOS = {
 def main() -> None:
     rows = []
     for name, scenario in SCENARIOS.items():
+        if not all(word in name for word in sys.argv[1:]):
+            continue
         folder = Path(tempfile.mkdtemp(prefix="sbi-faults-"))
         try:
             make_data(folder, n=500)
