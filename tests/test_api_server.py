@@ -13,7 +13,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from tiny_model import PRIOR, make_data, train_tiny
+from tiny_model import make_data, train_tiny
 
 from sbi_service.store.db import Store
 
@@ -99,8 +99,8 @@ def test_job_of_a_killed_server_is_interrupted_after_restart(home):
         job = {
             "kind": "train",
             "name": "long",
-            "data": str(home / "sims.npz"),
-            "prior": PRIOR,
+            "simulator": "two_moons",
+            "num_simulations": 2000,
             "train": {"max_epochs": 10_000, "patience": 10_000},
         }
         r = httpx.post(url + "/v1/jobs", json=job, headers={"X-API-Key": KEY}, timeout=30)
@@ -139,8 +139,8 @@ def test_a_second_server_leaves_the_first_servers_jobs_alone(home):
         job = {
             "kind": "train",
             "name": "alive",
-            "data": str(home / "sims.npz"),
-            "prior": PRIOR,
+            "simulator": "two_moons",
+            "num_simulations": 2000,
             "train": {"max_epochs": 10_000, "patience": 10_000},
         }
         r = httpx.post(urls[0] + "/v1/jobs", json=job, headers={"X-API-Key": KEY}, timeout=30)
