@@ -282,7 +282,7 @@ def scaling(home: Path, args: argparse.Namespace) -> dict:
 
     runs, skipped = [], []
     for server, flags in SCALING_SERVERS.items():
-        if "ray" in flags and (args.no_ray or importlib.util.find_spec("ray") is None):
+        if "ray" in flags and importlib.util.find_spec("ray") is None:
             skipped.append(server)
             continue
         port = free_port()
@@ -333,7 +333,7 @@ def scaling_table(results: dict) -> str:
             met = "yes" if a / b >= 3 else "no"
             lines.append(f"| {server}: c=64 / c=1, 1x100 | {a / b:.2f} | >= 3 | {met} |")
     if results["skipped"]:
-        lines.append(f"\nnot run (--no-ray, or Ray not installed): {', '.join(results['skipped'])}")
+        lines.append(f"\nnot run (Ray not installed): {', '.join(results['skipped'])}")
     lines.append(
         f"\n{os.cpu_count()} CPUs shared by the servers and the load generator "
         "(a separate process): with 2 workers or replicas on 2 cores, the client's own CPU "
@@ -348,7 +348,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="per load run")
     parser.add_argument("--max-requests", type=int, default=3000, help="per load run")
     parser.add_argument("--scaling", action="store_true", help="workers and replicas only")
-    parser.add_argument("--no-ray", action="store_true", help="--scaling without Ray replicas")
     args = parser.parse_args()
     if args.scaling:
         with tempfile.TemporaryDirectory(prefix="sbi-serving-bench-") as tmp:
