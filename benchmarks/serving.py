@@ -16,11 +16,6 @@
 
 Prints a Markdown table and writes ``benchmarks/results/serving.md`` and ``.json``.
 The machine is shared and noisy: compare the rows of one run, not absolute numbers.
-
-``--scaling`` instead compares 1 vs 2 server processes (``serve --workers N``) and 1 vs
-2 Ray Serve replicas (``serve --backend ray --replicas N``, when Ray is installed) at
-concurrency 1 and 64, 1 x 100 and 1 x 1,000 samples per request, and writes
-``benchmarks/results/serving_scaling.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -268,99 +263,12 @@ def targets(results: dict) -> list[dict]:
     ]  # fmt: skip
 
 
-SCALING_SERVERS = {
-    "1 worker": ("--workers", "1"),
-    "2 workers": ("--workers", "2"),
-    "1 Ray replica": ("--backend", "ray", "--replicas", "1"),
-    "2 Ray replicas": ("--backend", "ray", "--replicas", "2"),
-}
-
-
-def scaling(home: Path, args: argparse.Namespace) -> dict:
-    """1 vs 2 workers, 1 vs 2 Ray Serve replicas; c = 1, 64; 1x100, 1x1000."""
-    import importlib.util
-
-    runs, skipped = [], []
-    for server, flags in SCALING_SERVERS.items():
-        if "ray" in flags and importlib.util.find_spec("ray") is None:
-            skipped.append(server)
-            continue
-        port = free_port()
-        proc = start_server(home, port, True, *flags)
-        try:
-            run_load(port, "1x100", 4, 1.0, 40)
-            for workload in ("1x100", "1x1000"):
-                for concurrency in (1, 64):
-                    row = run_load(port, workload, concurrency, args.seconds, args.max_requests)
-                    row.update(server=server, workload=workload, concurrency=concurrency)
-                    print(json.dumps(row), flush=True)
-                    runs.append(row)
-        finally:
-            stop_server(proc)
-    return {"runs": runs, "skipped": skipped}
-
-
-def scaling_table(results: dict) -> str:
-    def rate(server: str, workload: str, concurrency: int) -> float | None:
-        for r in results["runs"]:
-            if (r["server"], r["workload"], r["concurrency"]) == (server, workload, concurrency):
-                return r["samples_per_s"]
-        return None
-
-    lines = [
-        "| server | workload | concurrency | samples/s | requests/s | p50 ms | p99 ms | errors |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in results["runs"]:
-        lines.append(
-            f"| {r['server']} | {r['workload']} | {r['concurrency']} | {r['samples_per_s']:,.0f} "
-            f"| {r['requests_per_s']:,.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
-            f"| {r['errors']} |"
-        )
-    lines += ["", "| target | measured | goal | met |", "| --- | ---: | ---: | --- |"]
-    pairs = [
-        ("2 workers / 1 worker, c=64, 1x100", "2 workers", "1 worker", 1.5),
-        ("2 Ray replicas / 1, c=64, 1x100", "2 Ray replicas", "1 Ray replica", 1.5),
-    ]
-    for name, two, one, goal in pairs:
-        a, b = rate(two, "1x100", 64), rate(one, "1x100", 64)
-        if a is not None and b is not None:
-            met = "yes" if a / b >= goal else "no"
-            lines.append(f"| {name} | {a / b:.2f} | >= {goal} | {met} |")
-    for server in ("2 workers", "2 Ray replicas"):
-        a, b = rate(server, "1x100", 64), rate(server, "1x100", 1)
-        if a is not None and b is not None:
-            met = "yes" if a / b >= 3 else "no"
-            lines.append(f"| {server}: c=64 / c=1, 1x100 | {a / b:.2f} | >= 3 | {met} |")
-    if results["skipped"]:
-        lines.append(f"\nnot run (Ray not installed): {', '.join(results['skipped'])}")
-    lines.append(
-        f"\n{os.cpu_count()} CPUs shared by the servers and the load generator "
-        "(a separate process): with 2 workers or replicas on 2 cores, the client's own CPU "
-        "time comes out of the servers' share, so the ratios are lower bounds."
-    )
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=6.0, help="per load run")
     parser.add_argument("--max-requests", type=int, default=3000, help="per load run")
-    parser.add_argument("--scaling", action="store_true", help="workers and replicas only")
     args = parser.parse_args()
-    if args.scaling:
-        with tempfile.TemporaryDirectory(prefix="sbi-serving-bench-") as tmp:
-            train(Path(tmp), args.epochs)
-            results = scaling(Path(tmp), args)
-        markdown = scaling_table(results)
-        print(markdown)
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "serving_scaling.json").write_text(json.dumps(results, indent=2) + "\n")
-        (RESULTS / "serving_scaling.md").write_text(
-            "# Serving across processes (benchmarks/serving.py --scaling)\n\n" + markdown + "\n"
-        )
-        return
 
     from sbi_service.config import Settings
 

@@ -7,7 +7,6 @@ usage (one line on stderr, no traceback); 3 ``diagnose`` could not run its check
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -510,18 +509,9 @@ def serve(
     workers: Annotated[
         int, typer.Option(min=1, help="server processes over one store (each batches its own)")
     ] = 1,
-    backend: Annotated[
-        str, typer.Option(help="local (uvicorn processes) or ray (Ray Serve replicas)")
-    ] = "local",
-    replicas: Annotated[
-        int, typer.Option(min=0, help="Ray Serve replicas; 0 autoscales (docs/scaling.md)")
-    ] = 1,
 ) -> None:
     """Serve the REST API (settings from SBI_SERVICE_* variables; flags override them)."""
     from sbi_service.api.server import serve as run_server
-
-    if backend not in ("local", "ray"):
-        raise UserError(f"unknown --backend {backend!r}; expected local or ray")
 
     overrides: dict[str, Any] = {"batching": batching}
     if batch_rows is not None:
@@ -529,16 +519,6 @@ def serve(
     if preload:
         overrides["preload_models"] = preload
     settings = get_settings().model_copy(update=overrides)
-    if backend == "ray":
-        try:
-            from sbi_service.api import ray_deployment
-        except ImportError:
-            raise UserError(
-                "--backend ray needs Ray Serve: pip install 'sbi-service[ray]'"
-            ) from None
-        address = os.environ.get("SBI_SERVICE_RAY_ADDRESS")
-        ray_deployment.run(settings, host, port, replicas, address)
-        return
     run_server(settings, host, port, access_log, workers)
 
 
