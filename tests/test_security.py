@@ -191,6 +191,18 @@ def test_serving_with_keys_without_tls_warns_how_to_add_it(app_home, caplog):
         ({"kind": "diagnose", "model": "tiny", "version": 9}, "version"),
         ({"kind": "diagnose", "model": "tiny", "report_dir": "/tmp/x"}, "report_dir"),
         ({"kind": "diagnose", "model": "tiny", "num_simulations": 10**9}, "num_simulations"),
+        ({"kind": "diagnose", "model": "tiny", "data": "/etc/hostname"}, "data"),
+        ({"kind": "diagnose", "model": "tiny", "dataset": "0" * 64}, "dataset"),
+        (
+            {
+                "kind": "train",
+                "name": "m",
+                "simulator": "two_moons",
+                "num_simulations": 10,
+                "diagnose": {"data": "/etc/hostname", "report_dir": "/tmp/x"},
+            },
+            "diagnose.data",
+        ),
         ({"kind": "train", "name": "m\n", "simulator": "two_moons", "num_simulations": 10}, "name"),
     ],
 )

@@ -322,7 +322,9 @@ class DiagnoseJob(Strict):
     c2st: bool = False
     ppc: bool = False
     num_simulations: int | None = Field(None, ge=10, le=1_000_000)
-    data: str | None = Field(None, description="path of a test .npz on the server")
+    dataset: str | None = Field(
+        None, description="id of uploaded test pairs (POST /v1/datasets); default: simulate"
+    )
     num_posterior_samples: int = Field(1000, ge=10, le=100_000)
     seed: int = Field(0, ge=0, lt=2**63)
     thresholds: DiagnoseThresholds = Field(default_factory=DiagnoseThresholds)

@@ -99,6 +99,7 @@ def _check_train(state: ServiceState, request: dict[str, Any]) -> None:
     except UserError as e:
         raise field_error(e, "name") from None
     if "diagnose" in request:
+        _test_data_from_dataset(state, request["diagnose"], "diagnose.")
         _check_train_diagnose(request["name"], request["diagnose"])
     if request["estimator"] not in KINDS:
         raise ApiError(422, "estimator", f"unknown estimator; expected one of {', '.join(KINDS)}")
@@ -127,10 +128,33 @@ def _check_train(state: ServiceState, request: dict[str, Any]) -> None:
             raise ApiError(422, "dataset", str(e)) from None
 
 
+def _test_data_from_dataset(state: ServiceState, options: dict[str, Any], field: str) -> None:
+    """Refuse server paths; turn an uploaded ``dataset`` id into the test data's file.
+
+    ``options`` (a diagnose job or a train job's gate) is changed in place: its ``dataset``
+    becomes ``data``, the stored file's path, which only the server chooses.
+    """
+    for key in ("data", "report_dir"):
+        if key in options:
+            raise ApiError(
+                422,
+                f"{field}{key}",
+                "a path on the server is not accepted: upload test pairs with "
+                "POST /v1/datasets and give their id as dataset",
+            )
+    if "dataset" in options:
+        try:
+            record = get_dataset(state.store, options.pop("dataset"))
+        except UserError as e:
+            raise ApiError(422, f"{field}dataset", str(e)) from None
+        options["data"] = str(state.store.dataset_path(record["id"]))
+
+
 def _check_diagnose(state: ServiceState, request: dict[str, Any]) -> None:
     """The request's fields, and that the model (and version) it names exists."""
     from sbi_service.workflows.diagnose import DiagnoseRequest
 
+    _test_data_from_dataset(state, request, "")
     try:
         req = DiagnoseRequest.from_dict({k: v for k, v in request.items() if k != "resources"})
     except UserError as e:
