@@ -16,7 +16,6 @@ from tiny_model import PRIOR, make_data, train_tiny
 
 from sbi_service.client import (
     Client,
-    JobFailed,
     RemotePosterior,
     ServiceError,
     UnvalidatedPosterior,
@@ -97,7 +96,8 @@ def test_register_train_diagnose_jobs_reports_and_reload(served):
 
     train = {"max_epochs": 2, "batch_size": 256}
     options = {"transforms": 2, "hidden_features": [16, 16]}
-    gate = {**PASS, "data": str(folder / "test" / "sims.npz")}
+    test_pairs = client.upload_dataset(path=folder / "test" / "sims.npz")
+    gate = {**PASS, "dataset": test_pairs["id"]}
     dataset = client.upload_dataset(path=folder / "sims.npz")
     assert dataset["num_simulations"] == 300 and client.dataset(dataset["id"]) == dataset
     with np.load(folder / "sims.npz") as sims:  # arrays, in resumable chunks
@@ -124,8 +124,12 @@ def test_register_train_diagnose_jobs_reports_and_reload(served):
 
     failing = client.diagnose("tiny", version=1, **{**gate, "thresholds": {"min_contraction": 1}})
     assert client.wait(failing, timeout=120, poll=0.2)["result"]["passed"] is False
-    with pytest.raises(JobFailed, match="no_such_model"):
-        client.wait(client.diagnose("no_such_model", **gate), timeout=120, poll=0.2)
+    with pytest.raises(ServiceError) as e:  # refused before it runs
+        client.diagnose("no_such_model", **gate)
+    assert e.value.errors[0]["field"] == "model"
+    with pytest.raises(ServiceError) as e:  # only interrupted or failed jobs run again
+        client.rerun(job_id)
+    assert e.value.status_code == 409 and e.value.errors[0]["field"] == "job_id"
     with pytest.raises(ServiceError) as e:
         client.train("x", dataset=dataset["id"], prior=PRIOR, diagnose={"bogus": 1})
     assert e.value.errors[0]["field"] == "diagnose"

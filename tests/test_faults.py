@@ -280,11 +280,13 @@ def test_kill_9_of_the_server_mid_diagnose_job_then_rerun(shared_home):
     http = httpx.Client(base_url=url, timeout=60)
     try:
         wait_ready(url, server)
-        diagnose = {
-            "kind": "diagnose",
-            "model": "tiny",
-            "data": str(shared_home.parent / "sims.npz"),
-        }
+        upload = http.post(
+            "/v1/datasets",
+            content=(shared_home.parent / "sims.npz").read_bytes(),
+            headers={**key, "Content-Type": "application/octet-stream"},
+        )
+        assert upload.status_code == 201, upload.text
+        diagnose = {"kind": "diagnose", "model": "tiny", "dataset": upload.json()["id"]}
         r = http.post("/v1/jobs", json={**diagnose, "num_posterior_samples": 50_000}, headers=key)
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]

@@ -260,6 +260,10 @@ class Client:
         """Start a diagnose job (``version``, ``tarp``, ``sbc``, ``num_simulations``, ...)."""
         return self.submit({"kind": "diagnose", "model": model, **fields})
 
+    def rerun(self, job_id: str) -> str:
+        """Run an interrupted or failed job again (same id and request); returns its id."""
+        return self._json("POST", f"/v1/jobs/{job_id}/rerun")["id"]
+
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/jobs/{job_id}")
 
