@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 from test_api import live_server, wait_ready
+from test_remote_simulator import start as start_remote_simulator
 from test_trust import PASS
 from tiny_model import PRIOR, make_data, train_tiny
 
 from sbi_service.client import (
     Client,
+    JobFailed,
     RemotePosterior,
     ServiceError,
     UnvalidatedPosterior,
@@ -225,3 +227,42 @@ def test_503_is_retried_after_retry_after_and_bounded():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_remote_simulator_trains_through_the_client_and_a_failed_job_raises(tmp_path, monkeypatch):
+    """A remote HTTP simulator registered by the client trains a model; once its server is
+    gone, the next train job fails and ``wait`` raises ``JobFailed`` carrying the error."""
+    from sbi_service.config import get_settings
+
+    simulator, host = start_remote_simulator()
+    monkeypatch.setenv("SBI_SERVICE_SIMULATOR_HOSTS", host)  # as job workers read it
+    get_settings.cache_clear()
+    settings = Settings(
+        home=tmp_path / "home",
+        api_keys=[KEY],
+        reload_interval_s=0,
+        drain_timeout_s=5,
+        simulator_hosts=[host],
+    )
+    train = {"max_epochs": 2, "batch_size": 64}
+    options = {"transforms": 1, "hidden_features": [8, 8]}
+    job = {"simulator": "remote", "num_simulations": 200, "estimator": "nsf"}
+    with live_server(settings) as http, Client(str(http.base_url), api_key=KEY) as client:
+        info = client.register_simulator(
+            "remote", url=f"http://{host}/simulate", prior=PRIOR, x_shape=[2]
+        )
+        assert (info["name"], info["source"]) == ("remote", f"remote:http://{host}/simulate")
+        done = client.wait(
+            client.train("m", **job, estimator_options=options, train=train), timeout=120, poll=0.2
+        )
+        assert done["result"]["version"] == 1
+        assert client.sample("m", X, 5, seed=0).values.shape == (1, 5, 2)
+
+        simulator.shutdown()
+        simulator.server_close()
+        failing = client.train("m", **job, estimator_options=options, train=train)
+        with pytest.raises(JobFailed) as e:
+            client.wait(failing, timeout=120, poll=0.2, progress=False)
+        assert e.value.job["state"] == "failed" and host in e.value.job["error"]
+        assert [v["version"] for v in client.model("m")["version_details"]] == [1]
+    get_settings.cache_clear()
