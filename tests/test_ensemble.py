@@ -57,3 +57,18 @@ def test_models_saved_with_one_flow_before_ensembles_still_load(tmp_path):
         loaded.sample(x, 10, torch.Generator().manual_seed(0)),
         est.sample(x, 10, torch.Generator().manual_seed(0)),
     )
+
+
+def test_auto_rule_sizes_the_ensemble_by_budget_and_embeds_time_series():
+    from sbi_service.estimators.auto import choose, estimator_config
+
+    assert choose(2, (2,), 1_000) == {"kind": "nsf", "members": 4}
+    assert choose(2, (2,), 3_000)["members"] == 4
+    assert choose(2, (2,), 3_001)["members"] == 1
+    assert choose(5, (3, 100), 100_000) == {
+        "kind": "nsf",
+        "members": 1,
+        "embedding": {"kind": "cnn1d"},
+    }
+    explicit = estimator_config("auto", 2, [2], 1_000, options={"members": 2})
+    assert explicit["members"] == 2 and explicit["dim_theta"] == 2
