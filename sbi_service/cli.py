@@ -26,7 +26,7 @@ app = typer.Typer(
     help="Amortized posterior service for simulation-based inference.",
 )
 simulators_app = typer.Typer(no_args_is_help=True, help="List and register simulators.")
-models_app = typer.Typer(no_args_is_help=True, help="List stored models.")
+models_app = typer.Typer(no_args_is_help=True, help="List and verify stored models.")
 datasets_app = typer.Typer(no_args_is_help=True, help="Store simulation sets to train from.")
 app.add_typer(simulators_app, name="simulators")
 app.add_typer(models_app, name="models")
@@ -491,6 +491,33 @@ def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
             f"simulator={c.get('simulator')}  {verdicts}",
             markup=False,
         )
+
+
+@models_app.command("verify")
+def models_verify(
+    model: Annotated[str | None, typer.Argument(help="one model (default: all)")] = None,
+    record: Annotated[
+        bool, typer.Option(help="record the checksums of versions saved before they were")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check every version's files against the sha256 recorded when it was saved.
+
+    Exits 2 when a version is damaged. Versions saved by a release that recorded no
+    checksums show ``unchecked``; ``--record`` records theirs (their files as they are now).
+    """
+    from sbi_service.workflows.models import verify_models
+
+    rows = verify_models(_store(), model, record)
+    if as_json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            out.print(
+                f"{r['model']:<24} v{r['version']:<3} {r['status']:<9} {r['message']}", markup=False
+            )
+    if any(r["status"] == "damaged" for r in rows):
+        raise typer.Exit(2)
 
 
 # -- serve ----------------------------------------------------------------------------

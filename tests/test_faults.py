@@ -28,7 +28,9 @@ from sbi_service.api.app import create_app
 from sbi_service.config import Settings
 from sbi_service.errors import ModelFileError
 from sbi_service.jobs import run_job
+from sbi_service.store import files
 from sbi_service.store.db import Store
+from sbi_service.workflows.diagnose import DiagnoseRequest, diagnose_model
 from sbi_service.workflows.models import load_posterior
 
 OBS = [[0.1, 0.2]]
@@ -117,6 +119,125 @@ def test_checksums_are_recorded_at_save_time(store, home):
     for file, digest, size in rows:
         raw = (home / "models/tiny/1" / file).read_bytes()
         assert hashlib.sha256(raw).hexdigest() == digest and len(raw) == size
+
+
+def test_a_version_saved_before_checksums_loads_unchecked_until_verify_records_them(
+    store, home, run_cli, caplog
+):
+    with sqlite3.connect(home / "sbi_service.db") as db:  # as an older release saved it
+        db.execute("DELETE FROM model_files WHERE version = 1")
+    assert load_posterior(store, "tiny", 1)[1]["version"] == 1
+    assert "no recorded checksums" in caplog.text and "models verify --record" in caplog.text
+
+    code, out, _ = run_cli("models", "verify", "tiny")
+    assert code == 0 and "v1   unchecked" in out and "v2   ok" in out, out
+    code, out, _ = run_cli("models", "verify", "--record")
+    assert code == 0 and "v1   recorded" in out, out
+    assert store.checksums_recorded("tiny", 1)
+    flip_exponent_bits(home / "models/tiny/1/weights.safetensors")
+    code, out, _ = run_cli("models", "verify", "--json")
+    rows = {r["version"]: r for r in json.loads(out)}
+    assert code == 2 and rows[1]["status"] == "damaged" and "sha256" in rows[1]["message"]
+    assert rows[2]["status"] == "ok"
+    with pytest.raises(ModelFileError, match="sha256"):
+        load_posterior(store, "tiny", 1)
+
+
+@pytest.fixture(scope="module")
+def test_pairs(tmp_path_factory) -> Path:
+    return make_data(tmp_path_factory.mktemp("test-pairs"), n=30)
+
+
+def diagnose_tiny(store: Store, data: Path, **options) -> dict:
+    """Diagnose tiny v1 on the test pairs ``data`` (TARP only, loose thresholds)."""
+    request = {"model": "tiny", "version": 1, "data": str(data), "tarp": True, "sbc": False}
+    request.update({"num_posterior_samples": 20, "thresholds": {"max_atc": 1.0}, **options})
+    return diagnose_model(store, DiagnoseRequest.from_dict(request))
+
+
+def test_a_damaged_report_is_refused_and_a_new_diagnosis_replaces_it(store, home, test_pairs):
+    diagnose_tiny(store, test_pairs)
+    with sqlite3.connect(home / "sbi_service.db") as db:
+        recorded = {f for (f,) in db.execute("SELECT file FROM report_files WHERE version = 1")}
+    assert {"report.json", "report.html"} <= recorded
+    report = home / "models/tiny/1/diagnostics/report.json"
+    report.write_text(report.read_text().replace('"model"', '"modal"', 1))  # same size
+
+    settings = Settings(home=home, reload_interval_s=0)
+    with TestClient(create_app(settings)) as client:
+        r = client.get("/v1/models/tiny/versions/1/report", headers={"Accept": "application/json"})
+        assert r.status_code == 409, r.text
+        detail = r.json()["detail"][0]
+        assert detail["field"] == "version" and "report.json" in detail["message"]
+        assert "diagnose" in detail["message"] and str(home) not in r.text
+        diagnose_tiny(store, test_pairs)  # a new run replaces the report and its checksums
+        r = client.get("/v1/models/tiny/versions/1/report", headers={"Accept": "application/json"})
+        assert r.status_code == 200 and r.json()["model"] == "tiny"
+
+
+def test_opening_the_store_cleans_up_after_dead_writers_only(store, home):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.strip()
+    model_dir, version_dir = home / "models/tiny", home / "models/tiny/1"
+    folders = {
+        "dead writer": model_dir / f".tmp-{dead}.1-aa",
+        "older release": version_dir / ".tmp-diagnostics-0123abcd",
+        "reused process id": model_dir / f".tmp-{os.getpid()}.1-bb",
+        "live writer": model_dir / f".tmp-{files.owner_token()}-cc",
+        "moved aside, place empty": version_dir / f".old-{dead}.1-dd-extra",
+        "moved aside, place taken": version_dir / f".old-{dead}.1-ee-config.json",
+    }
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "part").write_bytes(b"half")
+    Store(home)
+    assert not folders["dead writer"].exists() and not folders["older release"].exists()
+    assert not folders["reused process id"].exists() and folders["live writer"].exists()
+    assert (version_dir / "extra" / "part").is_file()  # put back in its place
+    assert not folders["moved aside, place taken"].exists()
+    assert (version_dir / "config.json").is_file()
+
+
+KILL_IN_REPORT_SWAP = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from pathlib import Path
+    import torch
+    from test_faults import diagnose_tiny
+    from sbi_service.store import files
+    from sbi_service.store.db import Store
+    real_rename = os.rename
+
+    def rename(source, target):
+        real_rename(source, target)
+        if Path(source).name == "diagnostics":  # moved aside, the new one not yet in place
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.set_num_threads(1)
+    files.os.rename = rename
+    diagnose_tiny(Store(Path({home!r})), Path({data!r}), num_posterior_samples=30)
+    """
+)
+
+
+def test_kill_9_between_the_renames_of_a_report_keeps_the_earlier_report(store, home, test_pairs):
+    diagnose_tiny(store, test_pairs)
+    before = (home / "models/tiny/1/diagnostics/report.json").read_text()
+    script = KILL_IN_REPORT_SWAP.format(
+        tests=str(Path(__file__).parent), home=str(home), data=str(test_pairs)
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (home / "models/tiny/1/diagnostics").exists()  # the kill left its place empty
+    store = Store(home)  # opening it puts the earlier report back
+    folder = store.verified_report("tiny", 1)
+    assert (folder / "report.json").read_text() == before
+    assert not [p for p in (home / "models/tiny/1").iterdir() if p.name.startswith(".")]
 
 
 # -- processes: read-only store, full disk, kill -9 ----------------------------------------

@@ -68,7 +68,7 @@ def test_a_diagnose_run_stores_its_report_and_verdict_with_the_version(
     gate(store, data, 1, PASS)  # a new run replaces the report and the verdict
     assert store.verdicts("tiny")[1]["passed"] is True
     assert '"passed": true' in (folder / "report.json").read_text()
-    assert not list(folder.parent.glob(".*diagnostics*"))  # no temporary folders left
+    assert not list(folder.parent.glob(".*"))  # no temporary folders left
 
 
 def status(created: dict, verdicts: dict | None = None, promotions: list | None = None):

@@ -26,13 +26,18 @@ when its owner is really gone: a process of this host that no longer exists, or 
 lease not renewed for ``LEASE_S`` seconds. A live server's jobs are never touched.
 
 The sha256 of every saved file is recorded with its version (``model_files``) and
-checked before the version is loaded (``store.files``); a store that cannot be
-written, or a disk that fills up, is a ``StoreUnwritableError`` naming the folder.
+checked before the version is loaded (``store.files``); so are the files of a stored
+diagnostic report (``report_files``, replaced with its verdict), checked before the
+report is read. Versions saved before checksums were recorded load unchecked
+(``verified_path`` logs a warning) until ``record_checksums`` records theirs. A store
+that cannot be written, or a disk that fills up, is a ``StoreUnwritableError`` naming
+the folder.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -47,6 +52,8 @@ from typing import Any
 
 from sbi_service.errors import NotFoundError, StoreUnwritableError, UserError
 from sbi_service.store import files
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS simulators (
@@ -106,6 +113,14 @@ CREATE TABLE IF NOT EXISTS model_files (
     model TEXT NOT NULL,
     version INTEGER NOT NULL,
     file TEXT NOT NULL,              -- a file name in the version's folder
+    sha256 TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (model, version, file)
+);
+CREATE TABLE IF NOT EXISTS report_files (  -- the files of the verdict's stored report
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    file TEXT NOT NULL,              -- a file name in the report folder
     sha256 TEXT NOT NULL,
     bytes INTEGER NOT NULL,
     PRIMARY KEY (model, version, file)
@@ -304,19 +319,52 @@ class Store:
     def verified_path(self, record: dict[str, Any]) -> Path:
         """The folder of a version record, once its files match their recorded sha256.
 
-        Raises ``ModelFileError`` (missing, truncated or altered file) otherwise. Versions
-        saved before checksums were recorded have none to check.
+        Raises ``ModelFileError`` (missing, truncated or altered file) otherwise. A version
+        saved before checksums were recorded has none to check: it loads, with a warning.
         """
         model, version = record["model"], record["version"]
-        with self._connect() as db:
-            rows = db.execute(
-                "SELECT file, sha256, bytes FROM model_files WHERE model = ? AND version = ?",
-                (model, version),
-            ).fetchall()
-        expected = {r["file"]: {"sha256": r["sha256"], "bytes": r["bytes"]} for r in rows}
+        expected = self._recorded("model_files", model, version)
         folder = Path(record["path"])
         files.verify(folder, expected, f"model {model!r} version {version}")
+        if not expected:
+            log.warning(
+                "model %r version %d has no recorded checksums (saved by an older release): "
+                "loaded unchecked; `sbi-service models verify --record` records them",
+                model,
+                version,
+            )
         return folder
+
+    def checksums_recorded(self, model: str, version: int) -> bool:
+        """Whether the version's file checksums were recorded (at save or by ``record``)."""
+        return bool(self._recorded("model_files", model, version))
+
+    def record_checksums(self, model: str, version: int) -> dict[str, dict[str, int | str]]:
+        """Record the sha256 of the files of a version that has none recorded (one saved
+        before they were): the files as they are now are taken as whole. Returns them."""
+        record = self.get_model_version(model, version)
+        folder = Path(record["path"])
+        files.verify(folder, {}, f"model {model!r} version {version}")  # the folder exists
+        found = files.digests(folder)
+        with self._connect() as db:
+            if db.execute(
+                "SELECT 1 FROM model_files WHERE model = ? AND version = ?", (model, version)
+            ).fetchone():
+                raise UserError(f"model {model!r} version {version} has checksums already")
+            db.executemany(
+                "INSERT INTO model_files VALUES (?, ?, ?, ?, ?)",
+                [(model, version, n, d["sha256"], d["bytes"]) for n, d in found.items()],
+            )
+        return found
+
+    def _recorded(self, table: str, model: str, version: int) -> dict[str, dict[str, Any]]:
+        """{file: {"sha256", "bytes"}} recorded in ``table`` (model_files or report_files)."""
+        with self._connect() as db:
+            rows = db.execute(
+                f"SELECT file, sha256, bytes FROM {table} WHERE model = ? AND version = ?",
+                (model, version),
+            ).fetchall()
+        return {r["file"]: {"sha256": r["sha256"], "bytes": r["bytes"]} for r in rows}
 
     def get_model_version(self, model: str, version: int | None = None) -> dict[str, Any]:
         """The given version of ``model`` (the latest when ``version`` is None)."""
@@ -378,16 +426,14 @@ class Store:
         record = self.get_model_version(model, version)
         version_dir = Path(record["path"])
         final = version_dir / DIAGNOSTICS_DIR
-        tmp = version_dir / f".tmp-diagnostics-{uuid.uuid4().hex}"
-        old = version_dir / f".old-diagnostics-{uuid.uuid4().hex}"
+        tmp = files.tmp_folder(version_dir)
+        old = None
         try:
             report = write(tmp)
             _fsync_tree(tmp)
+            saved = files.digests(tmp)
             details = {k: report.get(k) for k in VERDICT_DETAILS}
             with self._connect() as db:
-                if final.exists():
-                    os.rename(final, old)
-                os.rename(tmp, final)
                 db.execute(
                     "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -400,11 +446,36 @@ class Store:
                         time.time(),
                     ),
                 )
+                db.execute(
+                    "DELETE FROM report_files WHERE model = ? AND version = ?", (model, version)
+                )
+                db.executemany(
+                    "INSERT INTO report_files VALUES (?, ?, ?, ?, ?)",
+                    [(model, version, n, d["sha256"], d["bytes"]) for n, d in saved.items()],
+                )
+                old = files.swap_in(tmp, final)  # last: only COMMIT can fail after it
+        except BaseException:
+            if old is not None and not tmp.exists():  # swapped, but the verdict rolled back
+                old = files.swap_in(old, final)  # the old report back; the new one aside
+            raise
         finally:
             for leftover in (tmp, old):
-                if leftover.exists():
+                if leftover is not None and leftover.exists():
                     shutil.rmtree(leftover, ignore_errors=True)
         return self.verdicts(model)[version]
+
+    def verified_report(self, model: str, version: int) -> Path:
+        """The folder of the version's stored report, once its files match their sha256
+        (``ModelFileError`` otherwise; a report stored by an older release is unchecked).
+        ``NotFoundError`` when the version has no report."""
+        verdict = self.verdicts(model).get(version)
+        if verdict is None:
+            raise NotFoundError(f"model {model!r} version {version} has no diagnostic report")
+        folder = files.inside(self.home, Path(verdict["report_path"]))
+        expected = self._recorded("report_files", model, version)
+        what = f"the diagnostic report of model {model!r} version {version}"
+        files.verify(folder, expected, what, "run `sbi-service diagnose` again")
+        return folder
 
     def verdicts(self, model: str) -> dict[int, dict[str, Any]]:
         """{version: {"passed", "checks", "details", "report_path", "diagnosed_at"}}."""

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sbi_service.errors import UserError
+from sbi_service.errors import ModelFileError, UserError
 from sbi_service.estimators.io import load_estimator
 from sbi_service.estimators.posterior import Posterior
 from sbi_service.simulators.priors import prior_from_spec
@@ -64,3 +64,34 @@ def summarize(samples: np.ndarray) -> dict[str, list]:
         "median": q[1].tolist(),
         "q95": q[2].tolist(),
     }
+
+
+def verify_models(store: Store, model: str | None = None, record: bool = False) -> list[dict]:
+    """Check the files of every version (of ``model``, or of all) against their sha256.
+
+    One row per version: {"model", "version", "status", "message"}, status ``ok``,
+    ``damaged`` (``message`` says which file and how), or ``unchecked``: saved before
+    checksums were recorded. With ``record``, an unchecked version's files, taken as
+    whole as they are now, get their checksums recorded (status ``recorded``).
+    """
+    models = store.list_models()
+    if model is not None:
+        models = [m for m in models if m["model"] == model]
+        if not models:
+            store.get_model_version(model)  # NotFoundError naming the models there are
+    rows = []
+    for m in models:
+        for version in m["versions"]:
+            row = {"model": m["model"], "version": version, "status": "ok", "message": ""}
+            try:
+                if store.checksums_recorded(m["model"], version):
+                    store.verified_path(store.get_model_version(m["model"], version))
+                elif record:
+                    store.record_checksums(m["model"], version)
+                    row["status"] = "recorded"
+                else:
+                    row["status"] = "unchecked"
+            except ModelFileError as e:
+                row.update(status="damaged", message=str(e))
+            rows.append(row)
+    return rows

@@ -13,7 +13,6 @@ import io
 import json
 import math
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -143,7 +142,10 @@ async def report(
             f"version {version} of model {model!r} has no diagnostic report yet: run a diagnose "
             f'job (POST /v1/jobs {{"kind": "diagnose", "model": "{model}", "version": {version}}})',
         )
-    folder = Path(status.verdicts[version]["report_path"])
+    try:
+        folder = await asyncio.to_thread(state.store.verified_report, model, version)
+    except ModelFileError as e:
+        raise field_error(e, "version") from None
     wants_json = accept is not None and "application/json" in accept and "text/html" not in accept
     name, media = (REPORT_JSON, "application/json") if wants_json else (REPORT_HTML, "text/html")
     return Response(await asyncio.to_thread((folder / name).read_bytes), media_type=media)
