@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,9 +35,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from servers import free_port, kill_group, start_server  # noqa: E402
 from tiny_model import PRIOR, make_data, train_tiny  # noqa: E402
 
 from sbi_service.store.db import Store  # noqa: E402
+from sbi_service.workflows.datasets import add_dataset  # noqa: E402
 from sbi_service.workflows.models import load_posterior, sample_posterior  # noqa: E402
 
 KEY = "faults-key"
@@ -61,11 +63,6 @@ def cli_process(home: Path, *args: str) -> subprocess.Popen:
 def train_args(folder: Path, name: str, *more: str) -> list[str]:
     data = ["--data", str(folder / "sims.npz"), "--prior", str(folder / "prior.json")]
     return ["train", "--name", name, *data, "--seed", "0", *more]
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(30)
 
 
 def wait_for(condition: Callable[[], bool], seconds: float, every: float = 0.001) -> bool:
@@ -132,46 +129,13 @@ def rerun_cli(folder: Path, home: Path) -> dict:
 
 
 # -- server -------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(home: Path, port: int) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "SBI_SERVICE_HOME": str(home),
-        "SBI_SERVICE_API_KEYS": KEY,
-        "SBI_SERVICE_RELOAD_INTERVAL_S": "0",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sbi_service", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(url + "/readyz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    if not wait_for(ready, 180, every=0.2):
-        raise RuntimeError("the server did not become ready")
-    return proc
-
-
 def server_scenario(home: Path, job: dict, moment: str, killed: Callable[[str, str], bool]) -> dict:
     """Submit ``job``, kill the server's group when ``killed(url, job_id)``, restart, and
     rerun the interrupted job (``POST /v1/jobs/{id}/rerun``: same id, same request)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     http = httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": KEY})
-    server = start_server(home, port)
+    server = start_server(home, port, env={"SBI_SERVICE_API_KEYS": KEY})
     try:
         r = http.post("/v1/jobs", json=job)
         r.raise_for_status()
@@ -182,7 +146,7 @@ def server_scenario(home: Path, job: dict, moment: str, killed: Callable[[str, s
         outcome = {"killed_during": moment if caught and state == "running" else "missed"}
         outcome.update(check_store(home, {"tiny": [1]}))
         start = time.perf_counter()
-        server = start_server(home, port)
+        server = start_server(home, port, env={"SBI_SERVICE_API_KEYS": KEY})
         wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["state"] == "interrupted", 60, 0.1)
         info = http.get(f"/v1/jobs/{job_id}").json()
         outcome["job"] = info["state"]
@@ -235,17 +199,18 @@ def server_mid_save(folder: Path, home: Path) -> dict:
 
 
 def server_mid_diagnose(folder: Path, home: Path) -> dict:
-    job = {
-        "kind": "diagnose",
-        "model": "tiny",
-        "data": str(folder / "sims.npz"),
-        "num_posterior_samples": 5000,
-    }
+    dataset = upload_dataset(home, folder / "sims.npz")  # test pairs, as a client sends them
+    job = {"kind": "diagnose", "model": "tiny", "dataset": dataset, "num_posterior_samples": 5000}
 
     def diagnosing(url: str, job_id: str) -> bool:
         return running(url, job_id) and time.sleep(1) is None
 
     return server_scenario(home, job, "diagnose", diagnosing)
+
+
+def upload_dataset(home: Path, npz: Path) -> str:
+    """Store ``npz`` as an uploaded dataset of ``home`` (what ``POST /v1/datasets`` does)."""
+    return add_dataset(Store(home), npz.read_bytes())["id"]
 
 
 SCENARIOS = {

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,42 +28,13 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servers import free_port, start_server, stop_server  # noqa: E402
+
 KEY = "fuzz-key"
 # Every check schemathesis has, but positive_data_acceptance (see the module docstring);
 # response times are not judged here (on a shared machine, that is the load benchmark's).
 EXCLUDED_CHECKS = ["positive_data_acceptance"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(home: Path, port: int) -> subprocess.Popen:
-    """``sbi-service serve`` on 127.0.0.1:port over ``home``, with key ``KEY``."""
-    env = {
-        **os.environ,
-        "SBI_SERVICE_HOME": str(home),
-        "SBI_SERVICE_API_KEYS": KEY,
-        "SBI_SERVICE_RELOAD_INTERVAL_S": "0",
-        "SBI_SERVICE_PRELOAD_MODELS": "tiny",
-    }
-    cmd = [sys.executable, "-m", "sbi_service", "serve", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300  # a loaded machine starts torch slowly
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited: {proc.stderr.read().decode()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("the server did not become ready in 300 s")
-        time.sleep(0.2)
 
 
 def run_schemathesis(
@@ -145,7 +114,8 @@ def fuzz(
     with tempfile.TemporaryDirectory(prefix="sbi-fuzz-") as folder:
         home = tiny_home(Path(folder))
         port = free_port()
-        server = start_server(home, port)
+        env = {"SBI_SERVICE_API_KEYS": KEY, "SBI_SERVICE_PRELOAD_MODELS": "tiny"}
+        server = start_server(home, port, env=env)
         try:
             url = f"http://127.0.0.1:{port}"
             results = []
@@ -159,8 +129,7 @@ def fuzz(
                 result["server_500_in_metrics"] = server_errors
             return results
         finally:
-            server.terminate()
-            server.wait(30)
+            stop_server(server)
 
 
 def main() -> None:
