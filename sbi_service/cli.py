@@ -536,17 +536,44 @@ def serve(
     workers: Annotated[
         int, typer.Option(min=1, help="server processes over one store (each batches its own)")
     ] = 1,
+    backend: Annotated[
+        str, typer.Option(help="local (uvicorn processes) or ray (Ray Serve replicas)")
+    ] = "local",
+    replicas: Annotated[
+        int, typer.Option(min=0, help="Ray Serve replicas; 0 autoscales (docs/scaling.md)")
+    ] = 1,
 ) -> None:
     """Serve the REST API (settings from SBI_SERVICE_* variables; flags override them)."""
     from sbi_service.api.server import serve as run_server
 
+    if backend not in ("local", "ray"):
+        raise UserError(f"unknown --backend {backend!r}; expected local or ray")
     overrides: dict[str, Any] = {"batching": batching}
     if batch_rows is not None:
         overrides["batch_rows"] = batch_rows
     if preload:
         overrides["preload_models"] = preload
     settings = get_settings().model_copy(update=overrides)
+    if backend == "ray":
+        _serve_on_ray(settings, host, port, replicas)
+        return
     run_server(settings, host, port, access_log, workers)
+
+
+def _serve_on_ray(settings: Any, host: str, port: int, replicas: int) -> None:
+    """``serve --backend ray``: Ray Serve until SIGINT or SIGTERM."""
+    import signal
+
+    try:
+        from sbi_service.api import ray_deployment
+    except ImportError:
+        raise UserError("--backend ray needs Ray Serve: pip install 'sbi-service[ray]'") from None
+
+    def interrupt(sig: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # stop the local Ray runtime too, as on Ctrl-C
+    ray_deployment.run(settings, host, port, replicas)
 
 
 def main() -> None:
