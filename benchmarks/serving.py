@@ -16,6 +16,11 @@
 
 Prints a Markdown table and writes ``benchmarks/results/serving.md`` and ``.json``.
 The machine is shared and noisy: compare the rows of one run, not absolute numbers.
+
+``--scaling`` instead compares 1 vs 2 server processes (``serve --workers N``) and 1 vs
+2 Ray Serve replicas (``serve --backend ray --replicas N``, a local Ray runtime) at
+concurrency 1 and 64, 1 x 100 and 1 x 1,000 samples per request, and writes
+``benchmarks/results/serving_scaling.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ async def _client(port: int, workload: str, stop: float, budget: list[int], seed
 
 async def _load(port: int, workload: str, concurrency: int, seconds: float, max_requests: int):
     budget = [max_requests]
+    cpu = time.process_time()
     start = time.perf_counter()
     parts = await asyncio.gather(
         *[_client(port, workload, start + seconds, budget, i) for i in range(concurrency)]
@@ -99,6 +105,7 @@ async def _load(port: int, workload: str, concurrency: int, seconds: float, max_
         "requests_per_s": len(latencies) / elapsed,
         "p50_ms": 1e3 * latencies[len(latencies) // 2],
         "p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "client_cpu_share": (time.process_time() - cpu) / elapsed,  # cores the client used
     }
 
 
@@ -126,7 +133,7 @@ def start_server(home: Path, port: int, batching: bool, *flags: str) -> subproce
     proc = subprocess.Popen([*cmd, flag, *flags], env=env, stderr=subprocess.DEVNULL)
     import httpx
 
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # Ray Serve's replicas start slowly on a busy machine
     while True:
         if proc.poll() is not None:
             raise RuntimeError("the server exited during start-up")
@@ -263,12 +270,93 @@ def targets(results: dict) -> list[dict]:
     ]  # fmt: skip
 
 
+SCALING_SERVERS = {
+    "1 worker": ("--workers", "1"),
+    "2 workers": ("--workers", "2"),
+    "1 Ray replica": ("--backend", "ray", "--replicas", "1"),
+    "2 Ray replicas": ("--backend", "ray", "--replicas", "2"),
+}
+
+
+def scaling(home: Path, args: argparse.Namespace) -> dict:
+    """1 vs 2 workers, 1 vs 2 Ray Serve replicas; c = 1, 64; 1x100, 1x1000."""
+    runs = []
+    for server, flags in SCALING_SERVERS.items():
+        port = free_port()
+        proc = start_server(home, port, True, *flags)
+        try:
+            run_load(port, "1x100", 64, 2.0, 400)  # warm every worker's or replica's path
+            for workload in ("1x100", "1x1000"):
+                for concurrency in (1, 64):
+                    row = run_load(port, workload, concurrency, args.seconds, args.max_requests)
+                    row.update(server=server, workload=workload, concurrency=concurrency)
+                    print(json.dumps(row), flush=True)
+                    runs.append(row)
+        finally:
+            stop_server(proc)
+    return {"runs": runs, "machine": {"cpus": os.cpu_count()}}
+
+
+def scaling_table(results: dict) -> str:
+    def rate(server: str, workload: str, concurrency: int) -> float:
+        return next(
+            r["samples_per_s"]
+            for r in results["runs"]
+            if (r["server"], r["workload"], r["concurrency"]) == (server, workload, concurrency)
+        )
+
+    lines = [
+        "| server | workload | concurrency | samples/s | requests/s | p50 ms | p99 ms | errors "
+        "| client cores |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results["runs"]:
+        lines.append(
+            f"| {r['server']} | {r['workload']} | {r['concurrency']} | {r['samples_per_s']:,.0f} "
+            f"| {r['requests_per_s']:,.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+            f"| {r['errors']} | {r['client_cpu_share']:.2f} |"
+        )
+    lines += [
+        "",
+        "| target (c = 64, 1 x 100) | measured | goal | met |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for two, one in (("2 workers", "1 worker"), ("2 Ray replicas", "1 Ray replica")):
+        ratio = rate(two, "1x100", 64) / rate(one, "1x100", 64)
+        lines.append(
+            f"| {two} / {one} | {ratio:.2f} | >= 1.5 | {'yes' if ratio >= 1.5 else 'no'} |"
+        )
+    for server in SCALING_SERVERS:
+        ratio = rate(server, "1x100", 64) / rate(server, "1x100", 1)
+        lines.append(
+            f"| {server}: c=64 / c=1 | {ratio:.2f} | >= 3 | {'yes' if ratio >= 3 else 'no'} |"
+        )
+    lines.append(
+        f"\n{results['machine']['cpus']} CPUs shared by the servers and the load generator (a "
+        "separate process; `client cores`: its CPU seconds per second)."
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=6.0, help="per load run")
     parser.add_argument("--max-requests", type=int, default=3000, help="per load run")
+    parser.add_argument("--scaling", action="store_true", help="workers and replicas only")
     args = parser.parse_args()
+    if args.scaling:
+        with tempfile.TemporaryDirectory(prefix="sbi-serving-bench-") as tmp:
+            train(Path(tmp), args.epochs)
+            results = scaling(Path(tmp), args)
+        markdown = scaling_table(results)
+        print(markdown)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "serving_scaling.json").write_text(json.dumps(results, indent=2) + "\n")
+        (RESULTS / "serving_scaling.md").write_text(
+            "# Serving across processes (benchmarks/serving.py --scaling)\n\n" + markdown + "\n"
+        )
+        return
 
     from sbi_service.config import Settings
 

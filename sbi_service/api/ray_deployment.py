@@ -62,6 +62,8 @@ AUTOSCALING: dict[str, Any] = {
     "upscale_delay_s": 10,
     "downscale_delay_s": 120,
 }
+# No access log line per request in each process it crosses (a tenth of the CPU per request)
+QUIET = {"enable_access_log": False, "log_level": "WARNING"}
 REPLICA_MAX_ONGOING = 256  # requests one replica holds at once; more wait in Ray's queue
 GATEWAY_GRACE_S = 30.0  # beyond the request's own deadline, for loading a model or a restart
 ATTEMPTS = 3  # a request that cannot change state goes to at most this many replicas
@@ -137,6 +139,13 @@ class Gateway:
     def __init__(self, service: DeploymentHandle, settings_json: str) -> None:
         self.service = service
         self.timeout = Settings.model_validate_json(settings_json).request_timeout_s
+        self.handles: dict[str, DeploymentHandle] = {}
+
+    def handle(self, model: str) -> DeploymentHandle:
+        """The handle that tags requests with ``model`` (made once per model)."""
+        if model not in self.handles:
+            self.handles[model] = self.service.options(multiplexed_model_id=model)
+        return self.handles[model]
 
     async def __call__(self, request: Request) -> Response:
         target = request.scope.get("raw_path") or request.url.path.encode()
@@ -146,7 +155,7 @@ class Gateway:
         body = await request.body()
         computation = MODEL_COMPUTATION.fullmatch(request.url.path)
         safe = request.method in ("GET", "HEAD") or computation is not None
-        handle = self.service.options(multiplexed_model_id=computation[1] if computation else "")
+        handle = self.handle(computation[1] if computation else "")
         for _ in range(ATTEMPTS if safe else 1):
             try:
                 status, raw, content = await asyncio.wait_for(
@@ -202,9 +211,10 @@ def run(settings: Settings, host: str, port: int, replicas: int) -> None:
     from sbi_service import ray_compute
 
     ray_compute.connect(settings.ray_address or None)
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port}, logging_config=QUIET)
     try:
-        serve.run(build(settings, replicas), name="sbi_service", route_prefix="/", blocking=True)
+        app = build(settings, replicas)
+        serve.run(app, name="sbi_service", route_prefix="/", blocking=True, logging_config=QUIET)
     finally:
         serve.delete("sbi_service")
         ray.shutdown()
