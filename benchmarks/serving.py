@@ -278,6 +278,40 @@ SCALING_SERVERS = {
 }
 
 
+def process_cpu(root: int) -> dict[str, float]:
+    """CPU seconds so far of process ``root`` and its descendants, summed by role (Linux).
+
+    Roles: ``ray::Name`` for Ray's processes (proxy, controller, replicas), ``worker``
+    for a ``serve --workers`` process, the executable's name otherwise."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        procs[int(entry)] = (int(stat[1]), (int(stat[11]) + int(stat[12])) / tick, cmd)
+    keep, frontier = set(), {root}
+    while frontier:
+        keep |= frontier
+        frontier = {pid for pid, (ppid, _, _) in procs.items() if ppid in frontier} - keep
+    totals: dict[str, float] = {}
+    for pid in keep & procs.keys():
+        _, cpu, cmd = procs[pid]
+        text = b" ".join(cmd).decode(errors="replace")
+        if text.startswith("ray::"):
+            role = text.split()[0]
+        elif "multiprocessing.spawn" in text:
+            role = "worker" if "spawn_main" in text else "multiprocessing"
+        elif "sbi_service" in text:
+            role = "sbi-service serve"
+        else:
+            role = Path(cmd[0].decode(errors="replace")).name
+        totals[role] = totals.get(role, 0.0) + cpu
+    return totals
+
+
 def scaling(home: Path, args: argparse.Namespace) -> dict:
     """1 vs 2 workers, 1 vs 2 Ray Serve replicas; c = 1, 64; 1x100, 1x1000."""
     runs = []
@@ -288,7 +322,13 @@ def scaling(home: Path, args: argparse.Namespace) -> dict:
             run_load(port, "1x100", 64, 2.0, 400)  # warm every worker's or replica's path
             for workload in ("1x100", "1x1000"):
                 for concurrency in (1, 64):
+                    before = process_cpu(proc.pid)
                     row = run_load(port, workload, concurrency, args.seconds, args.max_requests)
+                    after = process_cpu(proc.pid)
+                    row["cpu_ms_per_request"] = {
+                        role: 1e3 * (cpu - before.get(role, 0.0)) / max(row["requests"], 1)
+                        for role, cpu in after.items()
+                    }
                     row.update(server=server, workload=workload, concurrency=concurrency)
                     print(json.dumps(row), flush=True)
                     runs.append(row)
@@ -335,6 +375,20 @@ def scaling_table(results: dict) -> str:
         f"\n{results['machine']['cpus']} CPUs shared by the servers and the load generator (a "
         "separate process; `client cores`: its CPU seconds per second)."
     )
+    lines += [
+        "",
+        "Server CPU ms per request at c = 64, 1 x 100, by process (all of them, summed by role;"
+        " roles under 0.05 ms left out):",
+        "",
+        "| server | total | by process |",
+        "| --- | ---: | --- |",
+    ]
+    for r in results["runs"]:
+        if (r["workload"], r["concurrency"]) == ("1x100", 64):
+            parts = sorted(r["cpu_ms_per_request"].items(), key=lambda kv: -kv[1])
+            shown = ", ".join(f"{role} {ms:.1f}" for role, ms in parts if ms >= 0.05)
+            total = sum(r["cpu_ms_per_request"].values())
+            lines.append(f"| {r['server']} | {total:.1f} | {shown} |")
     return "\n".join(lines)
 
 
