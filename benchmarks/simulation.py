@@ -19,7 +19,8 @@ the targets are about: ``local 2 / sbi 2`` (>= 1 on every task) and ``ray 2 / lo
 no-op Ray task (200 of them, 2 at a time), and the extra seconds per chunk of the ray
 run over the local pool.
 
-Run: ``python benchmarks/simulation.py [--quick]`` (a few minutes; --quick: seconds).
+Run: ``python benchmarks/simulation.py [--quick] [--chunk ROWS]`` (a few minutes;
+--quick: seconds).
 """
 
 from __future__ import annotations
@@ -106,9 +107,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk", type=int, help="chunk rows for every task (default: per task)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cases = QUICK if args.quick else DEFAULT
+    if args.chunk:
+        cases = [(name, n, args.chunk) for name, n, _ in cases]
     repeats = 1 if args.quick else args.repeats
     print(f"# simulations/s, median of {repeats}; torch threads 1; 2 workers where parallel\n")
     rows = []

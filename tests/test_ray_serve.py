@@ -83,12 +83,12 @@ def test_a_replica_killed_under_load_loses_no_request(two_replicas):
 
     url, store = two_replicas
     result = asyncio.run(
-        load_with_kill(url, "tiny", 160, 8, kill_after=30, seconds=60, timeout=60)
+        load_with_kill(url, "tiny", 120, 8, kill_after=20, seconds=60, timeout=60)
     )
     outcomes = result["outcomes"]
     assert result["killed"], "no replica was killed"
-    assert outcomes["sent"] == 160 and outcomes[200] + outcomes[503] == 160, outcomes
-    assert outcomes[200] > 30 and result["duplicates"] == 0
+    assert outcomes["sent"] == 120 and outcomes[200] + outcomes[503] == 120, outcomes
+    assert outcomes[200] > 20 and result["duplicates"] == 0
     posterior, _ = load_posterior(store, "tiny")
     assert wrong_answers(result["answers"], posterior) == 0
     deadline = time.monotonic() + 90  # Ray Serve starts another replica

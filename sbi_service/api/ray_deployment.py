@@ -21,7 +21,8 @@ Two deployments make the application:
   and the ``samples`` and ``log_prob`` computations), and answers any other such request
   503 with ``Retry-After``; an answer that has not come after ``request_timeout_s`` +
   ``GATEWAY_GRACE_S`` is a 503 too. So a client sees the answer, or a 503, once per
-  request: never Ray's 500 for a dead replica, and never a hang.
+  request: never Ray's 500 for a dead replica, and never a hang. Each answer names the
+  replica that made it in ``X-Served-By`` (its id and pid).
 
 Model multiplexing: the gateway tags a ``samples`` or ``log_prob`` request with its model
 name (Ray Serve's multiplexed model id), and a replica loads a model through
