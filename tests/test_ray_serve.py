@@ -82,9 +82,7 @@ def test_a_replica_killed_under_load_loses_no_request(two_replicas):
     from replica_kill import load_with_kill, wrong_answers
 
     url, store = two_replicas
-    result = asyncio.run(
-        load_with_kill(url, "tiny", 120, 8, kill_after=20, seconds=60, timeout=60)
-    )
+    result = asyncio.run(load_with_kill(url, "tiny", 120, 8, kill_after=20, seconds=60, timeout=60))
     outcomes = result["outcomes"]
     assert result["killed"], "no replica was killed"
     assert outcomes["sent"] == 120 and outcomes[200] + outcomes[503] == 120, outcomes
