@@ -6,6 +6,7 @@ SIGKILL at the named moment, and then checks the store the way a restart sees it
 
     consistent   the versions recorded are the versions before, plus at most one whole new one
     earlier      every earlier version still loads (checksums match) and samples
+    reports      every stored diagnostic report still matches its checksums
     tmp          temporary save folders left by the kill, and after a Store is opened again
     job          the interrupted job's state after the server restarts ("interrupted")
     rerun        the same work run again succeeds (CLI: the command; REST: the job request)
@@ -75,7 +76,9 @@ def wait_for(condition: Callable[[], bool], seconds: float, every: float = 0.001
 
 
 def tmp_folders(home: Path) -> list[Path]:
-    return list((home / "models").glob("*/.tmp-*"))
+    """Temporary folders of saves: versions (models/M/) and reports (models/M/V/)."""
+    models = home / "models"
+    return [*models.glob("*/.tmp-*"), *models.glob("*/*/.tmp-*"), *models.glob("*/*/.old-*")]
 
 
 def check_store(home: Path, before: dict[str, list[int]]) -> dict:
@@ -93,10 +96,16 @@ def check_store(home: Path, before: dict[str, list[int]]) -> dict:
             x = np.zeros((1, *posterior.x_shape), dtype=np.float32)
             assert sample_posterior(posterior, x, 10, 0).shape[:2] == (1, 10)
             sampled += 1
+    reports = [
+        store.verified_report(model, version)  # raises if a report's files do not match
+        for model in after
+        for version in store.verdicts(model)
+    ]
     return {
         "consistent": consistent,
         "versions": after,
         "earlier_sample": f"{sampled}/{sum(len(v) for v in after.values())}",
+        "reports_whole": len(reports),
         "tmp_left": leftovers,
         "tmp_after_open": len(tmp_folders(home)),
     }
@@ -118,6 +127,45 @@ def cli_mid_save(folder: Path, home: Path) -> dict:
     inside = caught and proc.poll() is None and bool(tmp_folders(home))
     kill_group(proc)
     return {"killed_during": "save" if inside else "missed the save", **rerun_cli(folder, home)}
+
+
+def diagnose_args(folder: Path, samples: int) -> list[str]:
+    report = ["--report", str(folder / "report"), "--seed", "0", "--max-atc", "1"]
+    data = ["--data", str(folder / "sims.npz"), "--tarp"]
+    return ["diagnose", "tiny", *data, "--num-posterior-samples", str(samples), *report]
+
+
+def diagnosed(folder: Path, home: Path) -> None:
+    """tiny v1 gets a first report, which the killed diagnosis must not lose."""
+    proc = cli_process(home, *diagnose_args(folder, 20))
+    if proc.wait(600) != 0:
+        raise RuntimeError(f"the first diagnosis failed: {proc.stderr.read().decode()}")
+
+
+def cli_mid_diagnose(folder: Path, home: Path) -> dict:
+    diagnosed(folder, home)
+    proc = cli_process(home, *diagnose_args(folder, 5000))
+    time.sleep(10)  # importing, loading, then sampling 500 x 5000
+    killed_at = "diagnose" if proc.poll() is None else "already finished"
+    kill_group(proc)
+    return {"killed_during": killed_at, **rerun_diagnose(folder, home)}
+
+
+def cli_mid_report_save(folder: Path, home: Path) -> dict:
+    diagnosed(folder, home)
+    proc = cli_process(home, *diagnose_args(folder, 20))
+    caught = wait_for(lambda: bool(tmp_folders(home)) or proc.poll() is not None, 600)
+    inside = caught and proc.poll() is None and bool(tmp_folders(home))
+    kill_group(proc)
+    return {"killed_during": "report save" if inside else "missed", **rerun_diagnose(folder, home)}
+
+
+def rerun_diagnose(folder: Path, home: Path) -> dict:
+    outcome = check_store(home, {"tiny": [1]})
+    proc = cli_process(home, *diagnose_args(folder, 20))
+    code = proc.wait(600)
+    outcome["rerun"] = "exit 0" if code == 0 else f"exit {code}: {proc.stderr.read().decode()}"
+    return outcome
 
 
 def rerun_cli(folder: Path, home: Path) -> dict:
@@ -199,6 +247,7 @@ def server_mid_save(folder: Path, home: Path) -> dict:
 
 
 def server_mid_diagnose(folder: Path, home: Path) -> dict:
+    diagnosed(folder, home)
     dataset = upload_dataset(home, folder / "sims.npz")  # test pairs, as a client sends them
     job = {"kind": "diagnose", "model": "tiny", "dataset": dataset, "num_posterior_samples": 5000}
 
@@ -216,6 +265,8 @@ def upload_dataset(home: Path, npz: Path) -> str:
 SCENARIOS = {
     "cli kill -9 mid-training": cli_mid_training,
     "cli kill -9 mid-save": cli_mid_save,
+    "cli kill -9 mid-diagnose": cli_mid_diagnose,
+    "cli kill -9 mid-save of a report": cli_mid_report_save,
     "server kill -9 mid-training job": server_mid_training,
     "server kill -9 mid-save (train job)": server_mid_save,
     "server kill -9 mid-diagnose job": server_mid_diagnose,
