@@ -215,6 +215,8 @@ def test_hostile_jobs_are_refused_before_they_run(client, job, field):
 def test_405_names_every_method_of_the_path(client):
     r = client.options("/v1/simulators")
     assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    r = client.options("/v1/datasets/uploads")  # not a dataset id: a route of its own
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
 def test_request_bodies_are_bounded(app_home):

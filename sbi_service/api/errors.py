@@ -112,11 +112,20 @@ async def http_error_handler(request: Request, exc: StarletteHTTPException) -> J
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette's 405 names only one route's)."""
+    """Every method some route serves at this path (Starlette's 405 names only one route's).
+
+    A path that is a route of its own (``/v1/datasets/uploads``) is that resource, not a
+    value of another route's parameter (``/v1/datasets/{dataset_id}``): only its methods.
+    """
+    matching = [
+        route
+        for route in all_routes(request.app.routes)
+        if route.matches(request.scope)[0] != Match.NONE
+    ]
+    exact = [r for r in matching if getattr(r, "path", None) == request.url.path]
     methods: set[str] = set()
-    for route in all_routes(request.app.routes):
-        if route.matches(request.scope)[0] != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
+    for route in exact or matching:
+        methods |= getattr(route, "methods", None) or set()
     return sorted(methods)
 
 

@@ -11,14 +11,11 @@ away. Before anything is read:
 
 Then the body is read (413 past the limit) and replayed to the app. After each
 sampling request the event loop's CPU time since the previous one is recorded: the
-per-request overhead of the admission rule's estimate. From the first request on, a
-task on the loop measures the loop's lag every ``LAG_TICK_S`` (how late its timer
-fires), which the early shedding counts as work ahead.
+per-request overhead of the admission rule's estimate.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -32,7 +29,6 @@ from sbi_service.serving import Overloaded
 
 SAMPLES_PATH = re.compile(r"^/v1/models/[^/]+/samples$")
 
-LAG_TICK_S = 0.02
 UPLOAD_PATH = "/v1/datasets"  # bodies up to ``max_upload_bytes``; others ``max_body_bytes``
 
 
@@ -41,7 +37,6 @@ class ServiceMiddleware:
         self.app, self.state = app, state
         self.body_bytes = 0  # held by requests in flight
         self._loop_cpu: float | None = None  # the loop's CPU time at the last measurement
-        self._lag_watch: asyncio.Task | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,7 +45,6 @@ class ServiceMiddleware:
         start = time.perf_counter()
         if self._loop_cpu is None:  # from the first request on: not the start-up's work
             self._loop_cpu = time.thread_time()
-            self._lag_watch = asyncio.ensure_future(self._watch_lag())
         status = [500]
 
         async def send_recording(message: Message) -> None:
@@ -83,14 +77,6 @@ class ServiceMiddleware:
             label = getattr(route, "path", "unmatched")
             self.state.metrics.request_latency.labels(label).observe(time.perf_counter() - start)
             self.state.metrics.requests.labels(label, str(status[0])).inc()
-
-    async def _watch_lag(self) -> None:
-        """Record how late a ``LAG_TICK_S`` sleep wakes up, for as long as the loop runs."""
-        loop = asyncio.get_running_loop()
-        while True:
-            start = loop.time()
-            await asyncio.sleep(LAG_TICK_S)
-            self.state.pool.admission.record_loop_lag(loop.time() - start - LAG_TICK_S)
 
     def _shed(self, headers: dict[bytes, bytes], held: int) -> Overloaded | None:
         """Why a sampling request is refused before its body is read, or None."""

@@ -16,12 +16,9 @@ work ahead of a newcomer is the cost of the requests admitted and not yet finish
 A request is admitted when ``wait + cost(rows) <= ADMIT_FRACTION * deadline``; else it
 gets ``Overloaded`` (503 with ``Retry-After``: the seconds until enough work drains).
 ``check`` applies the same rule with ``rows = 0`` before a body is even read, so under
-overload a refusal costs almost nothing; it also counts the event loop's lag (how late
-a timer on the loop last fired, ``record_loop_lag``): requests waiting in sockets and in
-the loop's queue are work the admitted count does not see, and past an overload they
-would otherwise be served after their clients gave up. Independently of time, at most
-``max_rows`` rows are held (the memory bound). An idle server admits any request within
-the per-request limits: it can run, and a pessimistic estimate is corrected only by work.
+overload a refusal costs almost nothing. Independently of time, at most ``max_rows``
+rows are held (the memory bound). An idle server admits any request within the
+per-request limits: it can run, and a pessimistic estimate is corrected only by work.
 
 Thread-safe: the event loop admits, the engine threads release and measure.
 """
@@ -54,7 +51,6 @@ class Admission:
         self.pending_requests = 0
         self._rows, self._row_seconds = 0.0, 0.0  # decayed sums of decoded rows, pass seconds
         self._requests, self._loop_seconds = 0.0, 0.0  # decayed sums: requests, loop CPU s
-        self.loop_lag_s = 0.0  # how late the event loop's last timer fired
         self._lock = threading.Lock()
 
     # -- the estimate ---------------------------------------------------------------------
@@ -81,10 +77,9 @@ class Admission:
 
     # -- the rule ---------------------------------------------------------------------------
     def check(self, deadline: float) -> None:
-        """Before reading a body: refuse when the work ahead alone (admitted, and queued
-        on the event loop) misses the deadline."""
+        """Before reading a body: refuse when the work ahead alone misses the deadline."""
         with self._lock:
-            self._refuse_if(self._wait() + self.loop_lag_s, deadline)
+            self._refuse_if(self._wait(), deadline)
 
     def acquire(self, rows: int, deadline: float) -> None:
         """Admit ``rows`` draws due within ``deadline`` seconds, or raise ``Overloaded``."""
@@ -124,10 +119,6 @@ class Admission:
             self._row_seconds = DECAY * self._row_seconds + seconds
             rate = self.rows_per_s
         self.metrics.service_rate.set(rate)
-
-    def record_loop_lag(self, seconds: float) -> None:
-        """A timer on the event loop fired ``seconds`` late."""
-        self.loop_lag_s = max(0.0, seconds)
 
     def record_request(self, loop_cpu_s: float) -> None:
         """The event loop spent ``loop_cpu_s`` CPU seconds per sampling request lately."""
