@@ -12,13 +12,15 @@
    ``--after`` seconds at half the capacity again.
 4. Hostile bodies: three 8 MiB anonymous bodies at once.
 
-Throughout, ``/healthz`` is polled every 50 ms on its own connection, and the server's
-resident memory is read from /proc every 0.25 s. Prints: requests sent, shed fraction
-(503, and how many carried Retry-After), 500s (must be 0), other statuses, client
-timeouts (no answer within deadline + 3 s), p50/p99 latency during and after the
-overload, the recovery time (from the end of the overload to the last request after it
-slower than twice the normal p99), /healthz max latency, and max RSS. Every loop is
-bounded in count and time; loopback only. Writes ``benchmarks/results/load.md``.
+Throughout, ``/healthz`` is polled every 50 ms from a process of its own, the server's
+resident memory is read from /proc every 0.25 s, and this client's own event-loop lag is
+watched (a large lag means the client, not the server, was late). Prints: requests sent,
+shed fraction (503, and how many carried Retry-After), 500s (must be 0), other statuses,
+hung requests (no answer within deadline + 3 s), p50/p99 latency per phase, the recovery
+time (from the end of the overload to the last request after it slower than twice the
+normal p99), /healthz max and p99, max RSS against the stated bound (``BODY_EXPANSION``),
+then ``held`` or ``MISSED`` per promise; exits 1 on a miss. Every loop is bounded in
+count and time; loopback only. Writes ``benchmarks/results/load.md`` and ``.json``.
 """
 
 from __future__ import annotations
