@@ -93,3 +93,18 @@ def test_a_replica_killed_under_load_loses_no_request(two_replicas):
     while replica_states() != {"RUNNING": 2}:
         assert time.monotonic() < deadline, replica_states()
         time.sleep(0.5)
+
+
+def test_the_gateways_503_has_the_services_error_shape():
+    pytest.importorskip("ray")
+    import json
+
+    from sbi_service.api.ray_deployment import unavailable
+
+    answer = unavailable("the replica handling this request stopped before answering")
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    detail = json.loads(answer.body)["detail"]
+    assert detail == [
+        {"field": "server", "message": "the replica handling this request stopped before "
+         "answering; retry"}
+    ]  # fmt: skip

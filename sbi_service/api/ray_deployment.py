@@ -13,8 +13,8 @@ Two deployments make the application:
   traffic, and answers each HTTP request handed to it through that app in process
   (httpx's ASGI transport). A request's samples depend only on its seed, never on its
   batch-mates, so every replica answers a seeded request with the same samples.
-- ``Gateway``, the HTTP ingress behind Ray Serve's proxy (light: it never imports
-  torch): it hands each request's method, path, headers and body to a replica and
+- ``Gateway``, the HTTP ingress behind Ray Serve's proxy (light: no model, no CPU
+  reserved): it hands each request's method, path, headers and body to a replica and
   returns the replica's answer. A replica that dies while it holds a request (killed,
   out of memory, its node lost) is restarted by Ray Serve; the gateway sends the
   request again to another replica when that cannot change stored state (GET, HEAD,
@@ -53,6 +53,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from sbi_service.api.errors import error_body
 from sbi_service.config import Settings
 
 AUTOSCALING: dict[str, Any] = {
@@ -179,9 +180,9 @@ class Gateway:
 
 
 def unavailable(reason: str, retry_after_s: float = 1.0) -> JSONResponse:
-    """A 503 in the service's error shape."""
+    """A 503 in the service's error shape (``api.errors.error_body``)."""
     return JSONResponse(
-        {"detail": [{"loc": ["server"], "msg": f"{reason}; retry", "type": "unavailable"}]},
+        error_body("server", f"{reason}; retry"),
         503,
         headers={"Retry-After": str(math.ceil(retry_after_s))},
     )
