@@ -35,6 +35,17 @@ def test_batch_size_and_learning_rate_rules() -> None:
     assert fixed.resolved_learning_rate(64) == 3e-4
 
 
+def test_patience_defaults_come_from_the_family() -> None:
+    """Score and flow-matching losses are noisy: their families wait longer (30, 10)."""
+    npse = build_estimator({"kind": "npse", "dim_theta": 2, "x_shape": [2]})
+    fmpe = build_estimator({"kind": "fmpe", "dim_theta": 2, "x_shape": [2]})
+    assert TrainConfig().resolved_patience(_nsf()) == (10, 3)
+    assert TrainConfig().resolved_patience(npse) == (30, 10)
+    assert TrainConfig().resolved_patience(fmpe) == (30, 10)
+    assert TrainConfig(patience=4).resolved_patience(npse) == (4, 10)
+    assert TrainConfig(plateau_patience=1).resolved_patience(_nsf()) == (10, 1)
+
+
 def test_training_lowers_the_loss_and_restores_the_best_epoch() -> None:
     theta, x = _gaussian_data()
     est = _nsf()

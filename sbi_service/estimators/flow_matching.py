@@ -32,7 +32,7 @@ Shapes: theta_z, noise, y: (rows, d); context: (rows, dim_context); t: a float o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -53,6 +53,7 @@ class FlowMatchingEstimator(Estimator):
     """Flow-matching posterior q(theta | x) with optimal-transport conditional paths."""
 
     kind = "fmpe"
+    train_defaults: ClassVar[dict[str, int]] = {"patience": 30, "plateau_patience": 10}
 
     def __init__(
         self,

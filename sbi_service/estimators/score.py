@@ -59,7 +59,7 @@ Shapes: theta_z, noise, y: (rows, d); context: (rows, dim_context); s: a float.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -80,6 +80,7 @@ class ScoreEstimator(Estimator):
     """Score-based posterior q(theta | x) with a Karras-preconditioned denoiser."""
 
     kind = "npse"
+    train_defaults: ClassVar[dict[str, int]] = {"patience": 30, "plateau_patience": 10}
 
     def __init__(
         self,
