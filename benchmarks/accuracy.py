@@ -27,6 +27,8 @@ One JSON line per finished (task, budget, estimator) cell is appended to
 ``accuracy.json`` and ``accuracy.md`` are rewritten from all lines after every cell (the
 newest line per cell wins).
 
+``--tables-only`` rewrites ``accuracy.md`` from the lines and copies it into the README.
+
 Run: ``python benchmarks/accuracy.py`` (all tasks, budgets 10^3, 10^4, 10^5, ``auto``,
 ``nsf`` and ``sbi``); ``--estimators npse fmpe sbi_npse sbi_fmpe --budgets 10000`` for the
 score and flow-matching families.
@@ -222,6 +224,17 @@ def write_tables(out: Path) -> None:
     (out / "accuracy.md").write_text("\n".join(lines) + "\n")
 
 
+def update_readme(table: str, readme: Path = Path("README.md")) -> None:
+    """Put ``table`` (accuracy.md) between the README's ``<!-- accuracy.md -->`` markers,
+    its headings one level down (the README nests it under "Benchmarks")."""
+    start, end = "<!-- accuracy.md -->", "<!-- /accuracy.md -->"
+    text = readme.read_text()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    body = table.replace("\n### ", "\n#### ")
+    readme.write_text(f"{head}{start}\n\n{body}\n{end}{tail}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(BUILTIN_TASKS), choices=BUILTIN_TASKS)
@@ -233,7 +246,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="only rewrite accuracy.md from accuracy.jsonl and copy it into README.md",
+    )
     args = parser.parse_args()
+    if args.tables_only:
+        write_tables(args.out)
+        update_readme((args.out / "accuracy.md").read_text())
+        return
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     ks = range(1, NUM_OBSERVATIONS + 1)
