@@ -104,17 +104,18 @@ class TaskExecutor:
     def __init__(self, num_cpus: int | None = None, resources: dict[str, float] | None = None):
         connect(_configured_address(), num_cpus)
         self.resources = {"num_cpus": 1, **(resources or {})}
-        self._refs: list[Any] = []
+        self._running: set[Any] = set()  # refs of the tasks not finished yet
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         """``fn``: a module-level function, or a ``functools.partial`` of one."""
         if isinstance(fn, partial):
             fn, args = fn.func, (*fn.args, *args)
         ref = _remote(fn).options(**self.resources).remote(*args)
-        self._refs.append(ref)
+        self._running.add(ref)
         future: Future = Future()
 
         def done(ray_future: Future) -> None:
+            self._running.discard(ref)
             if ray_future.cancelled():
                 future.cancel()
             elif ray_future.exception() is not None:
@@ -128,6 +129,6 @@ class TaskExecutor:
     def shutdown(self) -> None:
         """Cancel the tasks not finished yet."""
         ray = _import_ray()
-        for ref in self._refs:
+        for ref in list(self._running):
             ray.cancel(ref, force=True)
-        self._refs.clear()
+        self._running.clear()
