@@ -150,6 +150,31 @@ def test_admission_refuses_what_cannot_finish_within_the_deadline():
     assert admission.pending_rows == admission.pending_requests == 0
 
 
+def test_admission_asks_the_wall_clock_when_work_runs_slower_than_measured():
+    """Rows decode fast by the engine's own measure, but requests complete at 10/s
+    (a CPU-starved machine): the queue is judged by that rate, pending / rate."""
+    now = [0.0]
+    admission = Admission(Metrics(), max_rows=10**9, clock=lambda: now[0])
+    admission.record_pass(10**9, 1.0)  # the model: every request is nearly free
+    admission.record_request(0.0)
+    for _ in range(40):  # one request in flight at a time, each taking 0.1 s
+        admission.acquire(100, deadline=1.0)
+        now[0] += 0.1
+        admission.release(100)
+    assert admission.completion_rate == pytest.approx(10.0)
+    now[0] += 60.0  # idle time is not busy time: the rate stays
+    for _ in range(8):  # the 8th sees 7 ahead at 10/s: 0.7 s, within 0.8 of 1 s
+        admission.acquire(100, deadline=1.0)
+    assert admission.wait_s() == pytest.approx(0.8)
+    with pytest.raises(Overloaded) as refused:
+        admission.check(deadline=0.9)  # 0.8 s ahead > 0.72 s: refused before a body
+    assert refused.value.retry_after == 1
+    admission.acquire(100, deadline=5.0)  # a longer deadline fits
+    for _ in range(9):
+        admission.release(100)
+    admission.check(deadline=1.0)  # an idle server takes work
+
+
 def test_draws_outside_the_support_fail_with_user_error(store):
     # A prior whose support the model never reaches: every draw is rejected.
     posterior, _ = load_posterior(store, "tiny")

@@ -13,6 +13,15 @@ work ahead of a newcomer is the cost of the requests admitted and not yet finish
 
     wait = pending_requests * overhead_s + pending_rows / rows_per_s
 
+That model counts only what the process measures of its own work. When the machine is
+short of CPU (other processes, the GIL shared by the event loop and the engines) the
+work runs slower than measured, and a queue the model believes clears in time does not.
+So the wall clock is asked too: ``completion_rate`` is the requests completed per
+second while any was pending (both sums decay with time constant ``RATE_TAU_S``), and
+
+    wait = max(pending_requests * overhead_s + pending_rows / rows_per_s,
+               pending_requests / completion_rate)
+
 A request is admitted when ``wait + cost(rows) <= ADMIT_FRACTION * deadline``; else it
 gets ``Overloaded`` (503 with ``Retry-After``: the seconds until enough work drains).
 ``check`` applies the same rule with ``rows = 0`` before a body is even read, so under
@@ -27,11 +36,14 @@ from __future__ import annotations
 
 import math
 import threading
+import time
+from collections.abc import Callable
 
 from sbi_service.serving.metrics import Metrics
 
 ADMIT_FRACTION = 0.8  # of the deadline: room for the estimate's error
 DECAY = 0.9  # weight of the past in the decayed sums, per observation
+RATE_TAU_S = 2.0  # time constant (s) of the wall-clock completion rate's decayed sums
 
 
 class Overloaded(Exception):
@@ -45,12 +57,16 @@ class Overloaded(Exception):
 class Admission:
     """Pending work of one process, its measured service rates, and the admission rule."""
 
-    def __init__(self, metrics: Metrics, max_rows: int):
-        self.metrics, self.max_rows = metrics, max_rows
+    def __init__(
+        self, metrics: Metrics, max_rows: int, clock: Callable[[], float] = time.monotonic
+    ):
+        self.metrics, self.max_rows, self.clock = metrics, max_rows, clock
         self.pending_rows = 0
         self.pending_requests = 0
         self._rows, self._row_seconds = 0.0, 0.0  # decayed sums of decoded rows, pass seconds
         self._requests, self._loop_seconds = 0.0, 0.0  # decayed sums: requests, loop CPU s
+        self._completed, self._busy_seconds = 0.0, 0.0  # time-decayed: completions, busy s
+        self._last_event = clock()  # when pending work was last started or completed
         self._lock = threading.Lock()
 
     # -- the estimate ---------------------------------------------------------------------
@@ -58,6 +74,11 @@ class Admission:
     def rows_per_s(self) -> float:
         """Measured decoding rate; inf before the first pass (nothing to go on yet)."""
         return self._rows / self._row_seconds if self._row_seconds > 0 else math.inf
+
+    @property
+    def completion_rate(self) -> float:
+        """Requests completed per wall-clock second while busy; inf before any."""
+        return self._completed / self._busy_seconds if self._busy_seconds > 0 else math.inf
 
     @property
     def overhead_s(self) -> float:
@@ -70,7 +91,8 @@ class Admission:
             return self._wait()
 
     def _wait(self) -> float:
-        return self.pending_requests * self.overhead_s + self.pending_rows / self.rows_per_s
+        modelled = self.pending_requests * self.overhead_s + self.pending_rows / self.rows_per_s
+        return max(modelled, self.pending_requests / self.completion_rate)
 
     def _cost(self, rows: int) -> float:
         return self.overhead_s + rows / self.rows_per_s
@@ -92,12 +114,21 @@ class Admission:
                         max(1, math.ceil(self._wait())),
                     )
                 self._refuse_if(self._wait() + self._cost(rows), deadline)
+            if self.pending_requests == 0:  # a busy period starts: idle time is not counted
+                self._last_event = self.clock()
             self.pending_rows += rows
             self.pending_requests += 1
         self.metrics.queue_rows.inc(rows)
 
     def release(self, rows: int) -> None:
+        """``rows`` admitted earlier are done (served, failed or given up)."""
         with self._lock:
+            now = self.clock()
+            busy = max(0.0, now - self._last_event)
+            fade = math.exp(-busy / RATE_TAU_S)
+            self._completed = fade * self._completed + 1
+            self._busy_seconds = fade * self._busy_seconds + busy
+            self._last_event = now
             self.pending_rows -= rows
             self.pending_requests -= 1
         self.metrics.queue_rows.dec(rows)
