@@ -19,6 +19,7 @@ shed fraction (503, and how many carried Retry-After), 500s (must be 0), other s
 hung requests (no answer within deadline + 3 s), p50/p99 latency per phase, the recovery
 time (from the end of the overload to the last request after it slower than twice the
 normal p99), /healthz max and p99, max RSS against the stated bound (``BODY_EXPANSION``),
+both maxima also per phase (overload, after, hostile bodies),
 then ``held`` or ``MISSED`` per promise; exits 1 on a miss. Every loop is bounded in
 count and time; loopback only. Writes ``benchmarks/results/load.md`` and ``.json``.
 """
@@ -191,24 +192,25 @@ while not stop:
         conn.request("GET", "/healthz")
         answer = conn.getresponse()
         answer.read()
-        latencies.append(time.perf_counter() - start if answer.status == 200 else None)
+        seconds = time.perf_counter() - start if answer.status == 200 else None
+        latencies.append([time.time(), seconds])
     except OSError:
         conn = None
-        latencies.append(None)
+        latencies.append([time.time(), None])
     time.sleep(0.05)
 print(json.dumps(latencies))
 """
 
 
-async def poll_health(port: int, stop: asyncio.Event) -> list[float]:
-    """/healthz latencies (s; inf for no 200) every 50 ms until ``stop`` is set."""
+async def poll_health(port: int, stop: asyncio.Event) -> list[tuple[float, float]]:
+    """(time.time(), /healthz latency in s; inf for no 200), every 50 ms until ``stop``."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", HEALTH_POLLER, str(port), stdout=asyncio.subprocess.PIPE
     )
     await stop.wait()
     proc.terminate()
     out, _ = await proc.communicate()
-    return [math.inf if t is None else t for t in json.loads(out)]
+    return [(at, math.inf if t is None else t) for at, t in json.loads(out)]
 
 
 async def watch_lag(stop: asyncio.Event) -> float:
@@ -222,8 +224,8 @@ async def watch_lag(stop: asyncio.Event) -> float:
     return worst
 
 
-async def watch_rss(pids: list[int], stop: asyncio.Event) -> list[float]:
-    """Resident MB of the server processes, summed, every 0.25 s."""
+async def watch_rss(pids: list[int], stop: asyncio.Event) -> list[tuple[float, float]]:
+    """(time.time(), resident MB of the server processes, summed), every 0.25 s."""
     samples = []
     while not stop.is_set():
         total = 0
@@ -234,7 +236,7 @@ async def watch_rss(pids: list[int], stop: asyncio.Event) -> list[float]:
                         total += int(line.split()[1])
             except OSError:
                 pass
-        samples.append(total / 1024)
+        samples.append((time.time(), total / 1024))
         await asyncio.sleep(0.25)
     return samples
 
@@ -283,17 +285,26 @@ async def run(port: int, pids: list[int], args: argparse.Namespace) -> dict:
     health = asyncio.ensure_future(poll_health(port, stop))
     rss = asyncio.ensure_future(watch_rss(pids, stop))
     lag = asyncio.ensure_future(watch_lag(stop))
-    over_start = time.perf_counter()
+    over_start, marks = time.perf_counter(), {"overload": time.time()}
     during_task = asyncio.ensure_future(open_loop(port, 2 * capacity, args.seconds, args.deadline))
     await asyncio.sleep(args.seconds)
-    over_end = time.perf_counter()
+    over_end, marks["after"] = time.perf_counter(), time.time()
     after = await open_loop(port, capacity / 2, args.after, args.deadline)
     during = await during_task
-    hostile_start = time.perf_counter()
+    hostile_start, marks["hostile bodies"] = time.perf_counter(), time.time()
     hostile = await hostile_bodies(port)
-    hostile_seconds = time.perf_counter() - hostile_start
+    hostile_seconds, marks["end"] = time.perf_counter() - hostile_start, time.time()
     stop.set()
-    health_latencies, rss_samples, client_lag = await health, await rss, await lag
+    health, rss_samples, client_lag = await health, await rss, await lag
+    health_latencies = [t for _, t in health]
+    names, bounds = list(marks)[:-1], list(marks.values())
+    by_phase = {  # phase: (/healthz max ms, resident max MB)
+        name: (
+            1e3 * max([0.0, *(t for at, t in health if start <= at < end)]),
+            max([0.0, *(mb for at, mb in rss_samples if start <= at < end)]),
+        )
+        for name, start, end in zip(names, bounds, bounds[1:], strict=False)
+    }
 
     slow = 2 * normal["p99_ms"] / 1e3
     late = [r["sent"] + r["seconds"] - over_end for r in after if r["seconds"] > slow]
@@ -310,10 +321,11 @@ async def run(port: int, pids: list[int], args: argparse.Namespace) -> dict:
         "healthz_max_ms": 1e3 * max(health_latencies),
         "healthz_p99_ms": 1e3 * percentile(health_latencies, 0.99),
         "healthz_polls": len(health_latencies),
+        "by_phase_healthz_max_ms_rss_max_mb": by_phase,
         "client_loop_lag_max_ms": 1e3 * client_lag,
-        "rss_max_mb": max(rss_samples),
-        "rss_start_mb": rss_samples[0],
-        "rss_bound_mb": rss_samples[0] + BODY_EXPANSION * pending_body / 2**20,
+        "rss_max_mb": max(mb for _, mb in rss_samples),
+        "rss_start_mb": rss_samples[0][1],
+        "rss_bound_mb": rss_samples[0][1] + BODY_EXPANSION * pending_body / 2**20,
         "hostile_statuses": hostile,
         "hostile_seconds": hostile_seconds,
     }
@@ -367,6 +379,11 @@ def report(r: dict) -> str:
         f"- /healthz: max {r['healthz_max_ms']:.0f} ms, p99 {r['healthz_p99_ms']:.0f} ms over "
         f"{r['healthz_polls']} polls (target <= {HEALTHZ_TARGET_MS} ms), from a process "
         "of its own",
+        "- by phase, /healthz max and resident memory max: "
+        + "; ".join(
+            f"{name} {ms:.0f} ms, {mb:.0f} MB"
+            for name, (ms, mb) in r["by_phase_healthz_max_ms_rss_max_mb"].items()
+        ),
         f"- this client's own event loop lagged up to {r['client_loop_lag_max_ms']:.0f} ms",
         f"- resident memory: {r['rss_start_mb']:.0f} MB at the start, max "
         f"{r['rss_max_mb']:.0f} MB; stated bound {r['rss_bound_mb']:.0f} MB (start + "

@@ -17,6 +17,7 @@ import pytest
 import torch
 from tiny_model import PRIOR, make_data, train_tiny
 
+from sbi_service.api.schemas import SamplesRequest, count_observations, too_many_observations
 from sbi_service.api.server import build_server
 from sbi_service.config import Settings
 from sbi_service.store.db import Store
@@ -219,6 +220,29 @@ BAD_SAMPLE_BODIES: list[tuple[bytes, dict, str]] = [
     (b"observations=1", {"Content-Type": "application/x-www-form-urlencoded"}, "Content-Type"),
     (b'{"observations": [[1, 2]], "num_samples": 2}', {}, "Content-Type"),
 ]
+
+
+@pytest.mark.parametrize(
+    "observations, count",
+    [([[1, 2], [3, 4], [5, 6]], 3), ([1, 2], 1), ([[[1, 2]], [[3, 4]]], 2), ([], 1)],
+)
+def test_observations_are_counted_from_brackets(observations, count):
+    body = json.dumps({"num_samples": 2, "observations": observations, "seed": 1}).encode()
+    assert count_observations(body) == count
+
+
+def test_too_many_observations_are_refused_before_the_body_is_parsed(client, monkeypatch):
+    """A hostile body of many observations is counted, not turned into Python objects."""
+
+    def parse(*args, **kwargs):
+        raise AssertionError("the body was parsed")
+
+    monkeypatch.setattr(SamplesRequest, "model_validate_json", parse)
+    body = {"observations": [[0.1, 0.2]] * 100_000, "num_samples": 1}
+    r = client.post("/v1/models/tiny/samples", json=body)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"][0]
+    assert detail == {"field": "observations", "message": too_many_observations(100_000, 1000)}
 
 
 def test_bad_inputs_get_4xx_naming_the_field(client):

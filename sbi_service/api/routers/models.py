@@ -34,6 +34,8 @@ from sbi_service.api.schemas import (
     ReloadResponse,
     SamplesRequest,
     SamplesResponse,
+    count_observations,
+    too_many_observations,
 )
 from sbi_service.diagnostics.report import REPORT_HTML, REPORT_JSON
 from sbi_service.errors import ModelFileError, NotFoundError, UserError
@@ -253,8 +255,16 @@ async def _parse(request: Request, schema: type[BaseModel], context: dict[str, A
             [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
         )
     raw = await request.body()
+    limit = context.get("max_observations")
 
     def validate() -> Any:
+        # A body with more brackets than the limit allows rows is counted before parsing.
+        if limit is not None and raw.count(b"[") > limit + 1:
+            count = count_observations(raw)
+            if count > limit:
+                message = too_many_observations(count, limit)
+                loc = ("body", "observations")
+                raise RequestValidationError([{"type": "value_error", "loc": loc, "msg": message}])
         try:
             return schema.model_validate_json(raw, context=context)
         except ValidationError as e:
