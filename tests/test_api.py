@@ -384,6 +384,23 @@ def test_overload_503_and_deadline_504(env):
         assert 'sbi_rejections_total{reason="deadline"}' in text
 
 
+def test_the_deadline_counts_from_the_requests_arrival(client, monkeypatch):
+    """Time spent before the handler samples (here a slow parse) is spent from the
+    deadline: a request already past it is not run (it used to be, on a fresh clock)."""
+    parse = SamplesRequest.model_validate_json.__func__
+
+    def slow_parse(cls, *args, **kwargs):
+        time.sleep(0.3)
+        return parse(cls, *args, **kwargs)
+
+    monkeypatch.setattr(SamplesRequest, "model_validate_json", classmethod(slow_parse))
+    body = samples_body(OBS[:1], 10, 0)
+    r = client.post("/v1/models/tiny/samples", json=body, headers={"X-Request-Timeout": "0.2"})
+    assert r.status_code in (503, 504), r.text
+    r = client.post("/v1/models/tiny/samples", json=body, headers={"X-Request-Timeout": "5"})
+    assert r.status_code == 200, r.text
+
+
 def test_client_disconnect_drops_queued_work(env):
     with live_server(settings(env[0], batch_rows=16, preload_models=["tiny"])) as c:
         wait_ready(c)

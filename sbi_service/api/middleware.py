@@ -9,7 +9,9 @@ away. Before anything is read:
   finish within its deadline (``Admission.check``), or when the bodies being held by
   requests in flight would pass ``max_pending_body_bytes`` (the memory bound).
 
-Then the body is read (413 past the limit) and replayed to the app. After each
+Then the body is read (413 past the limit) and replayed to the app. The arrival time is
+left in ``request.state.received_at``: a request's deadline counts from it, so the time
+it waited for the event loop, its body and its parse is spent from its deadline. After each
 sampling request the event loop's CPU time since the previous one is recorded: the
 per-request overhead of the admission rule's estimate.
 """
@@ -29,6 +31,7 @@ from sbi_service.serving import Overloaded
 
 SAMPLES_PATH = re.compile(r"^/v1/models/[^/]+/samples$")
 
+RECEIVED_AT = "received_at"  # request.state key: perf_counter() when the request arrived
 UPLOAD_PATH = "/v1/datasets"  # bodies up to ``max_upload_bytes``; others ``max_body_bytes``
 
 
@@ -43,6 +46,7 @@ class ServiceMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        scope.setdefault("state", {})[RECEIVED_AT] = start  # deadlines count from here
         if self._loop_cpu is None:  # from the first request on: not the start-up's work
             self._loop_cpu = time.thread_time()
         status = [500]

@@ -12,6 +12,7 @@ import asyncio
 import io
 import json
 import math
+import time
 from functools import partial
 from typing import Any
 
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from sbi_service.api.deps import ServiceState, caller, get_state, read_access, require_key
 from sbi_service.api.errors import ApiError, field_error, is_json
+from sbi_service.api.middleware import RECEIVED_AT
 from sbi_service.api.responses import json_safe
 from sbi_service.api.schemas import (
     ErrorResponse,
@@ -175,7 +177,8 @@ async def sample(
     """Posterior samples (num_obs, num_samples, dim_theta) for each observation.
 
     Requests from all clients are batched together; a request's samples depend only on
-    its seed. ``X-Request-Timeout: SECONDS`` lowers the deadline (504 past it). A
+    its seed. ``X-Request-Timeout: SECONDS`` lowers the deadline (504 past it), which
+    counts from the request's arrival (the middleware's ``received_at``). A
     request the server cannot serve within its deadline now answers 503 with
     ``Retry-After`` (``sbi_service.serving.admission``). The body is parsed off the
     event loop, and the observation count is checked before any element is.
@@ -183,6 +186,7 @@ async def sample(
     s = state.settings
     timeout = _timeout(x_request_timeout, s.request_timeout_s)
     body = await _parse(request, SamplesRequest, {"max_observations": s.max_observations})
+    timeout -= time.perf_counter() - getattr(request.state, RECEIVED_AT, time.perf_counter())
     observations = np.asarray(body.observations, dtype=np.float32)
     num_obs = observations.shape[0]
     if body.num_samples > s.max_num_samples:
