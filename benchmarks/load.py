@@ -6,7 +6,8 @@
 1. Trains the two_moons NSF of ``benchmarks/serving.py`` and starts ``sbi-service serve``
    on 127.0.0.1 (a subprocess).
 2. Capacity: a closed loop of 32 clients for ``--calibrate`` seconds, 1 observation x 100
-   samples per request; then the normal latency: an open loop at half that rate.
+   samples per request (or ``--capacity``, to compare two builds at the same rates);
+   then the normal latency: an open loop at half that rate.
 3. Overload: an open loop (Poisson arrivals, which do not wait for answers) at twice the
    capacity for ``--seconds``, each request with ``X-Request-Timeout: --deadline``; then
    ``--after`` seconds at half the capacity again.
@@ -279,7 +280,7 @@ async def hostile_bodies(port: int) -> list[int]:
 
 
 async def run(port: int, pids: list[int], args: argparse.Namespace) -> dict:
-    capacity = await closed_loop(port, 32, args.calibrate, 20_000)
+    capacity = args.capacity or await closed_loop(port, 32, args.calibrate, 20_000)
     normal = summarize(await open_loop(port, capacity / 2, args.calibrate, args.deadline))
     stop = asyncio.Event()
     health = asyncio.ensure_future(poll_health(port, stop))
@@ -402,6 +403,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="of overload")
     parser.add_argument("--after", type=float, default=10.0, help="seconds of normal load after")
     parser.add_argument("--calibrate", type=float, default=5.0)
+    parser.add_argument(
+        "--capacity", type=float, help="req/s to take as the capacity (A/B runs at one rate)"
+    )
     parser.add_argument("--deadline", type=float, default=2.0, help="X-Request-Timeout, s")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--home", type=Path, help="a home to keep the trained model in")

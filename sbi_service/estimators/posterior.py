@@ -10,7 +10,9 @@ not trustworthy for that observation and a ``UserError`` says so.
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -29,6 +31,7 @@ class Posterior:
                 f"{estimator.dim_theta} parameters"
             )
         self.estimator, self.prior, self.min_acceptance = estimator, prior, min_acceptance
+        self._x_log = estimator.x_log.cpu().numpy()  # x_shape bool: features read in log
 
     @property
     def x_shape(self) -> tuple[int, ...]:
@@ -38,34 +41,37 @@ class Posterior:
     def dim_theta(self) -> int:
         return self.estimator.dim_theta
 
-    def check_observations(self, x: Tensor, what: str = "observations") -> Tensor:
-        """Return x as (batch, *x_shape) float32, or raise a ``UserError`` naming the problem.
+    def check_observations(self, x: Any, what: str = "observations") -> Tensor:
+        """Return x as (batch, *x_shape) float32 on the CPU, or raise a ``UserError`` naming
+        the problem. A single observation of shape x_shape is accepted and given a batch axis.
 
-        A single observation of shape x_shape is accepted and given a batch axis.
+        The checks are numpy's: a server runs them on its event loop, where every torch
+        call gives up the GIL and then may wait for it behind the engine threads.
         """
-        x = torch.as_tensor(x, dtype=torch.float32)
-        if tuple(x.shape) == self.x_shape:
-            x = x.unsqueeze(0)
-        if x.ndim != len(self.x_shape) + 1 or tuple(x.shape[1:]) != self.x_shape:
+        if isinstance(x, Tensor):
+            x = x.detach().cpu().numpy()
+        x = np.require(x, np.float32, ["C", "W"])  # torch.from_numpy wants it writable
+        if x.shape == self.x_shape:
+            x = x[None]
+        if x.ndim != len(self.x_shape) + 1 or x.shape[1:] != self.x_shape:
             expected = ", ".join(str(s) for s in self.x_shape)
             raise UserError(
-                f"{what} have shape {tuple(x.shape)} but the model expects (num_obs, {expected})"
+                f"{what} have shape {x.shape} but the model expects (num_obs, {expected})"
             )
         if x.shape[0] == 0:
             raise UserError(f"{what} are empty: give at least one observation")
-        rows = _rows_with(~torch.isfinite(x))
+        rows = _rows_with(~np.isfinite(x))
         if rows:
             raise UserError(f"{what} contain NaN or inf (rows {rows}): every value must be finite")
-        log_x = self.estimator.x_log.cpu()
-        rows = _rows_with((x <= 0) & log_x)
+        rows = _rows_with((x <= 0) & self._x_log)
         if rows:
-            features = log_x.flatten().nonzero().flatten().tolist()[:10]
+            features = np.flatnonzero(self._x_log)[:10].tolist()
             raise UserError(
                 f"{what} have values <= 0 (rows {rows}) in features the model reads in log "
                 f"scale (flattened indices {features}: positive in every training "
                 "simulation); give positive values there"
             )
-        return x
+        return torch.from_numpy(x)
 
     @torch.no_grad()
     def sample(
@@ -135,6 +141,6 @@ class Posterior:
         return torch.where(self.prior.in_support(theta), lp, torch.full_like(lp, -math.inf))
 
 
-def _rows_with(flags: Tensor) -> list[int]:
+def _rows_with(flags: np.ndarray) -> list[int]:
     """The first five rows of flags (batch, *x_shape) with any flag set."""
-    return flags.reshape(flags.shape[0], -1).any(-1).nonzero().flatten().tolist()[:5]
+    return np.flatnonzero(flags.reshape(flags.shape[0], -1).any(-1))[:5].tolist()

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from sbi_service.errors import UserError
 from sbi_service.serving.admission import Admission
@@ -130,7 +129,7 @@ class ModelPool:
         seed: int,
         timeout: float | None,
     ) -> np.ndarray:
-        x = model.posterior.check_observations(torch.from_numpy(observations))
+        x = model.posterior.check_observations(observations)
         return await model.engine.sample(x, num_samples, seed, timeout)
 
     async def status(self, name: str, refresh: bool = False) -> ModelStatus:
