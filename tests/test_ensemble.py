@@ -59,12 +59,14 @@ def test_models_saved_with_one_flow_before_ensembles_still_load(tmp_path):
     )
 
 
-def test_auto_rule_sizes_the_ensemble_by_budget_and_embeds_time_series():
+def test_auto_rule_sizes_the_ensemble_by_budget_and_dimension_and_embeds_time_series():
     from sbi_service.estimators.auto import choose, estimator_config
 
     assert choose(2, (2,), 1_000) == {"kind": "nsf", "members": 4}
     assert choose(2, (2,), 3_000)["members"] == 4
     assert choose(2, (2,), 3_001)["members"] == 1
+    assert choose(7, (7,), 10_000)["members"] == 1
+    assert choose(8, (10,), 100_000)["members"] == 4  # many parameters: an ensemble always
     assert choose(5, (3, 100), 100_000) == {
         "kind": "nsf",
         "members": 1,
