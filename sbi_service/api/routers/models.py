@@ -186,7 +186,7 @@ async def sample(
     s = state.settings
     timeout = _timeout(x_request_timeout, s.request_timeout_s)
     body = await _parse(request, SamplesRequest, {"max_observations": s.max_observations})
-    timeout -= time.perf_counter() - getattr(request.state, RECEIVED_AT, time.perf_counter())
+    timeout -= time.perf_counter() - getattr(request.state, RECEIVED_AT)  # ServiceMiddleware
     observations = np.asarray(body.observations, dtype=np.float32)
     num_obs = observations.shape[0]
     if body.num_samples > s.max_num_samples:
