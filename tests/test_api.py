@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import socket
@@ -471,3 +472,28 @@ def test_train_job_runs_in_a_worker_process(client, env):
     assert len(info["result"]["data_sha256"]) == 64
     r = client.post("/v1/models/jobmodel/samples", json=samples_body(OBS[:1], 3, 0))
     assert r.status_code == 200
+
+
+def test_no_dependency_runs_in_the_thread_pool(client, monkeypatch):
+    """FastAPI runs a plain ``def`` dependency in its thread pool: a hop per request."""
+    from fastapi.dependencies import utils
+
+    hops = []
+
+    async def run_in_threadpool(call, *args, **kwargs):
+        hops.append(call.__name__)
+        return call(*args, **kwargs)
+
+    monkeypatch.setattr(utils, "run_in_threadpool", run_in_threadpool)
+    assert client.post("/v1/models/tiny/samples", json=samples_body(OBS[:1], 5, 0)).is_success
+    assert client.get("/v1/models").is_success
+    assert client.post("/v1/models/tiny/reload", headers=AUTH).is_success
+    assert hops == []
+
+
+def test_start_up_objects_are_frozen_out_of_garbage_collection(env):
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    with live_server(settings(env[0])) as client:
+        wait_ready(client)
+        assert gc.get_freeze_count() > 10_000

@@ -4,7 +4,8 @@ At startup, and every ``LEASE_RENEW_S`` after: jobs whose owning process is gone
 marked interrupted (never the jobs of another live server on the same store); torch
 gets ``settings.torch_threads`` threads (the event loop and the engine threads share
 the machine's cores), and the ``preload_models`` are loaded and warmed in the
-background; ``/readyz`` answers 503 until that is done. A watcher reloads models
+background; ``/readyz`` answers 503 until that is done, and then the objects built so far
+are frozen out of garbage collection (``freeze_startup_objects``). A watcher reloads models
 whose store has a newer version every ``reload_interval_s``. At shutdown the job
 workers stop (their jobs are marked interrupted) and the engines finish their queues.
 """
@@ -12,6 +13,7 @@ workers stop (their jobs are marked interrupted) and the engines finish their qu
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -93,7 +95,17 @@ async def _preload(state: ServiceState) -> None:
             log.error(state.startup_error)
             return
         log.info("loaded and warmed %s v%d", name, loaded.version)
+    freeze_startup_objects()
     state.ready = True
+
+
+def freeze_startup_objects() -> None:
+    """Keep what start-up built (torch, the app, the preloaded models) out of garbage
+    collection: a full collection of those ~250,000 objects stops the event loop for
+    about 160 ms, and under load one comes every few seconds. Later objects are
+    collected as usual."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _watch_versions(state: ServiceState) -> None:

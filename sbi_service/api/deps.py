@@ -4,6 +4,10 @@ A key comes as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` and is compar
 constant time with the configured ``api_keys``. Mutating endpoints always need one
 (with no keys configured they are refused: nobody can change state anonymously);
 reads need one when ``require_key_for_reads`` is set.
+
+The dependencies are coroutines although they never wait: FastAPI runs a plain ``def``
+dependency in its thread pool, a thread hop (and a wait for the GIL) per dependency per
+request, which under load cost the event loop more than the checks themselves.
 """
 
 from __future__ import annotations
@@ -54,11 +58,11 @@ class ServiceState:
             log.error("background task failed", exc_info=task.exception())
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     return request.app.state.sbi
 
 
-def get_settings(state: ServiceState = Depends(get_state)) -> Settings:
+async def get_settings(state: ServiceState = Depends(get_state)) -> Settings:
     return state.settings
 
 
@@ -103,12 +107,12 @@ def caller(request: Request) -> str:
     return f"{who} from {host}"
 
 
-def require_key(request: Request, state: ServiceState = Depends(get_state)) -> None:
+async def require_key(request: Request, state: ServiceState = Depends(get_state)) -> None:
     """For mutating endpoints."""
     _check_key(request, state, "mutating endpoints")
 
 
-def read_access(request: Request, state: ServiceState = Depends(get_state)) -> None:
+async def read_access(request: Request, state: ServiceState = Depends(get_state)) -> None:
     """For reads: a key only when ``require_key_for_reads``."""
     if state.settings.require_key_for_reads:
         _check_key(request, state, "reads")
