@@ -68,32 +68,49 @@ class Client:
     ) -> tuple[int, dict[str, str], float]:
         """(status, headers, seconds); status 0 for a client timeout or a dropped connection.
 
-        A kept-alive connection the server closed meanwhile (its idle timeout, or a body
-        it shed unread) is replaced by a fresh one once, as HTTP clients do.
+        A kept-alive connection the server has closed (its keep-alive timeout) is dropped
+        before reuse, and one it closes while the request is on its way is replaced by a
+        fresh connection once, as HTTP clients do.
         """
         start = time.perf_counter()
         data = (
             f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
-        reused = bool(self.idle)
-        status, answer = await self._exchange(data, timeout)
-        if status is None and reused:
-            status, answer = await self._exchange(data, timeout - (time.perf_counter() - start))
+        status, answer = await self._exchange(data, timeout, self._idle_connection())
+        if status is None:
+            remaining = timeout - (time.perf_counter() - start)
+            status, answer = await self._exchange(data, remaining, None)
         return status or 0, answer, time.perf_counter() - start
 
-    async def _exchange(self, data: bytes, timeout: float) -> tuple[int | None, dict[str, str]]:
-        """One request on a pooled connection: None when it was closed before any answer."""
-        if self.idle:
+    def _idle_connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The most recently used open connection, or None; those the server has closed
+        (its keep-alive timeout) are dropped, as HTTP clients check before reuse."""
+        while self.idle:
             reader, writer = self.idle.pop()
-        elif self.open < MAX_CONNECTIONS:
+            if not reader.at_eof():
+                return reader, writer
+            writer.close()
+            self.open -= 1
+        return None
+
+    async def _exchange(
+        self,
+        data: bytes,
+        timeout: float,
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None,
+    ) -> tuple[int | None, dict[str, str]]:
+        """One request on ``connection`` (a new one if None): None when it was closed
+        before any answer."""
+        if connection is None:
+            if self.open >= MAX_CONNECTIONS:
+                return -1, {}  # the client ran out of connections: counted apart
             try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                connection = await asyncio.open_connection("127.0.0.1", self.port)
             except OSError:
                 return 0, {}
             self.open += 1
-        else:
-            return -1, {}  # the client ran out of connections: counted apart
+        reader, writer = connection
         try:
             writer.write(data)
             status, answer = await asyncio.wait_for(_read(reader), timeout)
