@@ -62,10 +62,6 @@ async def get_state(request: Request) -> ServiceState:
     return request.app.state.sbi
 
 
-async def get_settings(state: ServiceState = Depends(get_state)) -> Settings:
-    return state.settings
-
-
 def _presented_key(request: Request) -> str | None:
     auth = request.headers.get("authorization")
     if auth:
