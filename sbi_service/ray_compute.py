@@ -11,7 +11,8 @@ own minutes of retries. A process that already called ``ray.init`` (a test sessi
 a Ray Serve replica, a Ray task) is reused as it is.
 
 ``TaskExecutor`` has the ``concurrent.futures`` executor interface (``submit`` returns
-a ``Future``): each call runs as a Ray task with the resources given. A task's
+a ``Future``): each call runs as a Ray task with the resources given; ``slots`` is how
+many such tasks the cluster runs at once (its CPUs over each task's). A task's
 exception comes back as the original exception, not Ray's wrapper. Arguments and
 results are numpy arrays and JSON-able values: arrays travel through Ray's object
 store (zero-copy), the function itself by reference to its module.
@@ -104,6 +105,8 @@ class TaskExecutor:
     def __init__(self, num_cpus: int | None = None, resources: dict[str, float] | None = None):
         connect(_configured_address(), num_cpus)
         self.resources = {"num_cpus": 1, **(resources or {})}
+        cpus = _import_ray().cluster_resources().get("CPU", 1)
+        self.slots = max(1, int(cpus / (self.resources["num_cpus"] or 1)))  # tasks at once
         self._running: set[Any] = set()  # refs of the tasks not finished yet
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:

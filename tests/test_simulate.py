@@ -9,7 +9,12 @@ from sbi_service.errors import ForbiddenError, NotFoundError, UserError
 from sbi_service.simulators.base import Task
 from sbi_service.simulators.priors import prior_from_spec
 from sbi_service.simulators.registry import get_task, list_names, register
-from sbi_service.simulators.simulate import load_simulations, save_simulations, simulate
+from sbi_service.simulators.simulate import (
+    chunks_per_call,
+    load_simulations,
+    save_simulations,
+    simulate,
+)
 from sbi_service.store import Store
 from sbi_service.workflows.simulators import register_simulator
 
@@ -253,3 +258,32 @@ def test_import_paths_over_the_network_are_allowlisted_and_never_called(tmp_path
 
 IMPORT_DECORATOR = "from sbi_service.simulators.registry import simulator"
 PRIOR_1D = {"type": "normal", "loc": [0.0], "scale": [1.0]}
+
+
+def test_chunks_per_call_packs_cheap_chunks_and_keeps_slow_ones_apart():
+    assert chunks_per_call(10, 2, 0.002) == 5  # 20 ms of work: one wave, a call per slot
+    assert chunks_per_call(1000, 2, 0.002) == 50  # 2 s: 10 waves of 0.1 s calls
+    assert chunks_per_call(10, 2, 3.0) == 1  # a slow simulator: a call per chunk
+    assert chunks_per_call(3, 8, 0.001) == 1  # fewer chunks than slots
+
+
+def test_cheap_chunks_travel_packed_and_give_the_same_numbers(monkeypatch):
+    import sbi_service.simulators.simulate as simulation
+
+    calls = []
+    submit = simulation._SharedPool.submit
+    monkeypatch.setattr(
+        simulation._SharedPool,
+        "submit",
+        lambda self, fn, *a: calls.append(len(a[0])) or submit(self, fn, *a),
+    )
+    monkeypatch.setattr(simulation, "_row_seconds", {})
+    task = get_task("two_moons")
+    first = simulate(task, 2500, seed=4, chunk_size=100, workers=2)  # 25 chunks
+    assert calls[:2] == [1, 1] and sum(calls) == 25  # one chunk per worker measured first
+    calls.clear()
+    again = simulate(task, 2500, seed=4, chunk_size=100, workers=2)
+    assert calls == [13, 12]  # the measured cost from the last run: one call per worker
+    alone = simulate(task, 2500, seed=4, chunk_size=100)
+    for sims in (first, again):
+        assert torch.equal(sims.x, alone.x) and torch.equal(sims.theta, alone.theta)
