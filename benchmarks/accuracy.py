@@ -120,7 +120,17 @@ def fit(kind: str, task: Task, theta: torch.Tensor, x: torch.Tensor, seed: int) 
             },
             sample=lambda x_o, n: posterior.sample((n,), x=x_o, show_progress_bars=False).numpy(),
         )
-    config = estimator_config(kind, task.prior.dim, task.x_shape, len(theta))
+    config = estimator_config(
+        kind, task.prior.dim, task.x_shape, len(theta), task.prior.spec["type"]
+    )
+    return fit_config(config, task, theta, x, seed)
+
+
+def fit_config(
+    config: dict[str, Any], task: Task, theta: torch.Tensor, x: torch.Tensor, seed: int
+) -> Fitted:
+    """Train a full ``build_estimator`` config on (theta, x) with the default training loop."""
+    torch.manual_seed(seed)
     estimator = build_estimator(config)
     cpu_start = time.process_time()
     result = train(estimator, theta, x, seed=seed)

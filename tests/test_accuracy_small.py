@@ -28,7 +28,9 @@ def test_default_estimator_accuracy_at_1000_two_moons_simulations() -> None:
     torch.manual_seed(0)
     task = BUILTIN_TASKS["two_moons"]()
     theta, x = simulate(task, 1000, seed=0)
-    config = estimator_config("auto", task.prior.dim, task.x_shape, len(theta))
+    config = estimator_config(
+        "auto", task.prior.dim, task.x_shape, len(theta), task.prior.spec["type"]
+    )
     estimator = build_estimator(config)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -62,15 +62,22 @@ def test_models_saved_with_one_flow_before_ensembles_still_load(tmp_path):
 def test_auto_rule_sizes_the_ensemble_by_budget_and_dimension_and_embeds_time_series():
     from sbi_service.estimators.auto import choose, estimator_config
 
-    assert choose(2, (2,), 1_000) == {"kind": "nsf", "members": 4}
-    assert choose(2, (2,), 3_000)["members"] == 4
-    assert choose(2, (2,), 3_001)["members"] == 1
-    assert choose(7, (7,), 10_000)["members"] == 1
-    assert choose(8, (10,), 100_000)["members"] == 4  # many parameters: an ensemble always
-    assert choose(5, (3, 100), 100_000) == {
+    box, normal = "box_uniform", "normal"
+    assert choose(2, (2,), 1_000, box) == {"kind": "nsf", "members": 4}
+    assert choose(2, (2,), 3_000, box)["members"] == 4
+    assert choose(2, (2,), 3_001, box)["members"] == 1
+    assert choose(7, (7,), 10_000, box)["members"] == 1
+    assert choose(8, (10,), 100_000, box)["members"] == 4  # many parameters: an ensemble always
+    assert choose(5, (3, 100), 100_000, box) == {
         "kind": "nsf",
         "members": 1,
         "embedding": {"kind": "cnn1d"},
     }
-    explicit = estimator_config("auto", 2, [2], 1_000, options={"members": 2})
+    # many parameters, few simulations, a Gaussian prior: affine flows
+    assert choose(10, (10,), 1_000, normal) == {"kind": "maf", "members": 4}
+    assert choose(10, (10,), 1_000, "multivariate_normal")["kind"] == "maf"
+    assert choose(10, (10,), 1_000, box)["kind"] == "nsf"  # a box prior: splines
+    assert choose(10, (10,), 3_001, normal)["kind"] == "nsf"
+    assert choose(2, (2,), 1_000, normal)["kind"] == "nsf"
+    explicit = estimator_config("auto", 2, [2], 1_000, box, options={"members": 2})
     assert explicit["members"] == 2 and explicit["dim_theta"] == 2

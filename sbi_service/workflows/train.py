@@ -159,7 +159,13 @@ def train_model(
     theta, x, prior, provenance, chunks = load_training_data(store, req, simulation_progress)
     provenance["data_sha256"] = data_sha256(theta, x)
     config = estimator_config(
-        req.estimator, prior.dim, x.shape[1:], len(theta), req.embedding, req.estimator_options
+        req.estimator,
+        prior.dim,
+        x.shape[1:],
+        len(theta),
+        prior.spec["type"],
+        req.embedding,
+        req.estimator_options,
     )
     torch.manual_seed(req.seed)  # the network's initial weights
     estimator = build_estimator(config)
