@@ -19,8 +19,8 @@ the targets are about: ``local 2 / sbi 2`` (>= 1 on every task) and ``ray 2 / lo
 no-op Ray task (200 of them, 2 at a time), and the extra seconds per chunk of the ray
 run over the local pool.
 
-Run: ``python benchmarks/simulation.py [--quick] [--chunk ROWS]`` (a few minutes;
---quick: seconds).
+Run: ``python benchmarks/simulation.py [--quick] [--chunk ROWS] [--simulations N]
+[--tasks NAME ...]`` (a few minutes; --quick: seconds).
 """
 
 from __future__ import annotations
@@ -111,11 +111,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk", type=int, help="chunk rows for every task (default: per task)")
+    parser.add_argument("--simulations", type=int, help="simulations of every task")
+    parser.add_argument("--tasks", nargs="+", help="only these tasks")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cases = QUICK if args.quick else DEFAULT
-    if args.chunk:
-        cases = [(name, n, args.chunk) for name, n, _ in cases]
+    cases = [
+        (name, args.simulations or n, args.chunk or chunk)
+        for name, n, chunk in cases
+        if not args.tasks or name in args.tasks
+    ]
     repeats = 1 if args.quick else args.repeats
     print(f"# simulations/s, median of {repeats}; torch threads 1; 2 workers where parallel\n")
     rows = []
