@@ -99,9 +99,10 @@ class Fitted:
 
 def fit(kind: str, task: Task, theta: torch.Tensor, x: torch.Tensor, seed: int) -> Fitted:
     """Train one estimator (ours by CLI name, or one of sbi's) on exactly (theta, x)."""
-    torch.manual_seed(seed)  # the network's initial weights, on both sides
     if kind in SBI:
         import sbi.inference
+
+        torch.manual_seed(seed)  # the network's initial weights, as fit_config does for ours
 
         trainer, density_estimator = SBI[kind]
         options = {"density_estimator": density_estimator} if density_estimator else {}
@@ -130,7 +131,7 @@ def fit_config(
     config: dict[str, Any], task: Task, theta: torch.Tensor, x: torch.Tensor, seed: int
 ) -> Fitted:
     """Train a full ``build_estimator`` config on (theta, x) with the default training loop."""
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the network's initial weights
     estimator = build_estimator(config)
     cpu_start = time.process_time()
     result = train(estimator, theta, x, seed=seed)

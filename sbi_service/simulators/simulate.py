@@ -292,17 +292,18 @@ def simulate(
         executor, run_call = _executor(task, backend, workers, stored or [])
         attempts = dict.fromkeys(waiting, 0)
         running: dict[Future, list[int]] = {}
-        row_seconds = _row_seconds.get((task.name, task.version))  # from earlier runs
-        chunk_seconds = None if row_seconds is None else row_seconds * chunk_size
+        cost_key = (task.name, task.version)
 
         def submit_waiting() -> None:
-            """First wave: a chunk per slot; then every waiting chunk, packed into calls."""
+            """Unmeasured: a chunk per slot; measured: every waiting chunk, packed into calls."""
+            row_seconds = _row_seconds.get(cost_key)  # this run's or an earlier run's
+            measured = row_seconds is not None
             size = (
-                1
-                if chunk_seconds is None
-                else chunks_per_call(len(waiting), executor.slots, chunk_seconds)
+                chunks_per_call(len(waiting), executor.slots, row_seconds * chunk_size)
+                if measured
+                else 1
             )
-            while waiting and (chunk_seconds is not None or len(running) < executor.slots):
+            while waiting and (measured or len(running) < executor.slots):
                 ks = [waiting.popleft() for _ in range(min(size, len(waiting)))]
                 thetas = [theta[rows[k][0] : rows[k][1]].numpy() for k in ks]
                 future = executor.submit(run_call, thetas, [_chunk_seed(seed, k) for k in ks])
@@ -329,10 +330,7 @@ def simulate(
                             failed(k, repr(error))
                         continue
                     results, seconds = future.result()
-                    call_rows = sum(rows[k][1] - rows[k][0] for k in ks)
-                    _row_seconds[(task.name, task.version)] = seconds / call_rows
-                    if chunk_seconds is None:
-                        chunk_seconds = seconds / len(ks)
+                    _row_seconds[cost_key] = seconds / sum(rows[k][1] - rows[k][0] for k in ks)
                     for k, x in zip(ks, results, strict=True):
                         if isinstance(x, str):
                             failed(k, x)
