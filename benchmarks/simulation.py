@@ -5,6 +5,11 @@ For each task the same simulator (the service's built-in, vectorized) runs
 - ``local 1``: ``simulate(task, n, seed)`` in this process;
 - ``local 2``: ``simulate(..., workers=2)``, the pool of 2 processes the service keeps;
 - ``ray 2``: ``simulate(..., backend="ray")`` on a local Ray runtime of 2 CPUs;
+- ``local 2 sent``, ``ray 2 sent``: the same, with every call sent to the workers however
+  little work it carries (``MIN_CALL_SECONDS`` set to ~0 for the run): a run measured at
+  under two calls' worth of work (``sbi_service.simulators.simulate``) is simulated in
+  the calling process by ``local 2`` and ``ray 2``, and the ``ran`` column says where;
+  the ``sent`` runs show what the workers would have cost;
 - ``sbi 2``: ``sbi.inference.simulate_for_sbi(simulator, prior, n, num_workers=2,
   simulation_batch_size=chunk)``: joblib workers, batches of the same size as our chunks
   (its best setting).
@@ -15,9 +20,9 @@ modules imported), as a long-running service or cluster would be.
 Each configuration runs ``--repeats`` times, interleaved so that load from other
 processes hits all alike; the table shows the median simulations/s and the two ratios
 the targets are about: ``local 2 / sbi 2`` (>= 1 on every task) and ``ray 2 / local 2``
-(>= 0.85 at 10^5 two_moons). Ray's per-chunk overhead is the median round trip of a
-no-op Ray task (200 of them, 2 at a time), and the extra seconds per chunk of the ray
-run over the local pool.
+(>= 0.85 at 10^5 two_moons), and ``ray 2 sent / local 2 sent``. Ray's per-chunk
+overhead is the median round trip of a no-op Ray task (200 of them, 2 at a time), and
+the extra seconds per chunk of the ``ray 2 sent`` run over ``local 2 sent``.
 
 Run: ``python benchmarks/simulation.py [--quick] [--chunk ROWS] [--simulations N]
 [--tasks NAME ...]`` (a few minutes; --quick: seconds).
@@ -29,9 +34,11 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
+import sbi_service.simulators.simulate as simulation
 from sbi_service.simulators.registry import get_task
 from sbi_service.simulators.simulate import run_simulator, simulate
 
@@ -85,15 +92,32 @@ def ray_task_overhead_ms(count: int = 200) -> float:
     return 1e3 * statistics.median(times)
 
 
+def sent(run: Callable[[], object]) -> Callable[[], object]:
+    """``run`` with every call sent to the workers, however little work it carries."""
+
+    def every_call_sent() -> object:
+        saved, simulation.MIN_CALL_SECONDS = simulation.MIN_CALL_SECONDS, 1e-9
+        try:
+            return run()
+        finally:
+            simulation.MIN_CALL_SECONDS = saved
+
+    return every_call_sent
+
+
 def configurations(name: str, n: int, chunk: int) -> dict[str, Callable[[], object]]:
-    """The four ways to make n simulations of ``name`` in chunks (batches) of ``chunk``."""
+    """The ways to make n simulations of ``name`` in chunks (batches) of ``chunk``."""
     from sbi.inference import simulate_for_sbi
 
     task = get_task(name)
+    local_2 = partial(simulate, task, n, 0, workers=2, chunk_size=chunk)
+    ray_2 = partial(simulate, task, n, 0, workers=2, chunk_size=chunk, backend="ray")
     return {
         "local 1": lambda: simulate(task, n, 0, chunk_size=chunk),
-        "local 2": lambda: simulate(task, n, 0, workers=2, chunk_size=chunk),
-        "ray 2": lambda: simulate(task, n, 0, workers=2, chunk_size=chunk, backend="ray"),
+        "local 2": local_2,
+        "ray 2": ray_2,
+        "local 2 sent": sent(local_2),
+        "ray 2 sent": sent(ray_2),
         "sbi 2": lambda: simulate_for_sbi(
             _simulator(name),
             _Proposal(task.prior),
@@ -127,26 +151,33 @@ def main() -> None:
     for name, n, chunk in cases:
         runs = configurations(name, n, chunk)
         for _ in range(WARM_RUNS):  # worker processes started, imports and caches warm
-            for warm in ("local 2", "ray 2", "sbi 2"):
+            for warm in ("local 2", "ray 2", "local 2 sent", "ray 2 sent", "sbi 2"):
                 runs[warm]()
         seconds: dict[str, list[float]] = {k: [] for k in runs}
+        ran: dict[str, str] = {}
         for _ in range(repeats):
             for key, run in runs.items():
                 start = time.perf_counter()
-                run()
+                result = run()
                 seconds[key].append(time.perf_counter() - start)
+                if key in ("local 2", "ray 2"):
+                    ran[key] = "here" if result.report.in_process else "workers"
         med = {k: statistics.median(v) for k, v in seconds.items()}
         chunks = -(-n // chunk)
-        rows.append((name, n, chunk, med, (med["ray 2"] - med["local 2"]) / chunks))
-    print("| task | n | chunk | local 1 | local 2 | ray 2 | sbi 2 | local 2 / sbi 2 |"
-          " ray 2 / local 2 | ray extra ms/chunk |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, n, chunk, med, extra in rows:
+        extra = (med["ray 2 sent"] - med["local 2 sent"]) / chunks
+        rows.append((name, n, chunk, med, ran, extra))
+    print("| task | n | chunk | local 1 | local 2 | ray 2 | ran (local 2 / ray 2) | sbi 2 |"
+          " local 2 / sbi 2 | ray 2 / local 2 | local 2 sent | ray 2 sent |"
+          " sent: ray / local | ray extra ms/chunk |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, n, chunk, med, ran, extra in rows:
         rate = {k: n / v for k, v in med.items()}
         print(
             f"| {name} | {n:,} | {chunk:,} | {rate['local 1']:,.0f} | {rate['local 2']:,.0f} | "
-            f"{rate['ray 2']:,.0f} | {rate['sbi 2']:,.0f} | "
-            f"{rate['local 2'] / rate['sbi 2']:.2f} | {rate['ray 2'] / rate['local 2']:.2f} | "
+            f"{rate['ray 2']:,.0f} | {ran['local 2']} / {ran['ray 2']} | "
+            f"{rate['sbi 2']:,.0f} | {rate['local 2'] / rate['sbi 2']:.2f} | "
+            f"{rate['ray 2'] / rate['local 2']:.2f} | {rate['local 2 sent']:,.0f} | "
+            f"{rate['ray 2 sent']:,.0f} | {rate['ray 2 sent'] / rate['local 2 sent']:.2f} | "
             f"{1e3 * extra:+.1f} |"
         )
     print(f"\nRay no-op task round trip: {ray_task_overhead_ms():.2f} ms (median, 2 in flight)")

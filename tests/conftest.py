@@ -10,6 +10,16 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def send_every_call(monkeypatch):
+    """Simulation calls go to the workers however little work they carry, so that the
+    tests comparing backends (local 1 and 2 workers, Ray) run each of them; the rule
+    that runs a tiny measured run in the calling process has its own tests."""
+    import sbi_service.simulators.simulate as simulation
+
+    monkeypatch.setattr(simulation, "MIN_CALL_SECONDS", 1e-9)
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """A fresh ``$SBI_SERVICE_HOME`` for the test (also seen by subprocesses)."""

@@ -21,6 +21,7 @@ def test_ray_chunks_are_bit_identical_to_local(ray_runtime, tmp_path):
     for other in (two, on_ray):
         assert torch.equal(one.theta, other.theta) and torch.equal(one.x, other.x)
     assert on_ray.report.backend == "ray" and on_ray.report.num_kept == 2500
+    assert not on_ray.report.in_process and not two.report.in_process
     # resumed from chunks on disk: the same numbers again
     folder = tmp_path / "chunks"
     simulate(task, 2500, seed=3, chunk_size=1000, backend="ray", checkpoint=folder)

@@ -10,6 +10,7 @@ from sbi_service.simulators.base import Task
 from sbi_service.simulators.priors import prior_from_spec
 from sbi_service.simulators.registry import get_task, list_names, register
 from sbi_service.simulators.simulate import (
+    MIN_CALL_SECONDS,
     chunks_per_call,
     load_simulations,
     save_simulations,
@@ -260,11 +261,16 @@ IMPORT_DECORATOR = "from sbi_service.simulators.registry import simulator"
 PRIOR_1D = {"type": "normal", "loc": [0.0], "scale": [1.0]}
 
 
-def test_chunks_per_call_packs_cheap_chunks_and_keeps_slow_ones_apart():
+def test_chunks_per_call_packs_cheap_chunks_and_keeps_slow_ones_apart(monkeypatch):
+    import sbi_service.simulators.simulate as simulation
+
+    monkeypatch.setattr(simulation, "MIN_CALL_SECONDS", MIN_CALL_SECONDS)
     assert chunks_per_call(10, 2, 0.002) == 5  # 20 ms of work: one wave, a call per slot
     assert chunks_per_call(1000, 2, 0.002) == 50  # 2 s: 10 waves of 0.1 s calls
     assert chunks_per_call(10, 2, 3.0) == 1  # a slow simulator: a call per chunk
-    assert chunks_per_call(3, 8, 0.001) == 1  # fewer chunks than slots
+    assert chunks_per_call(3, 8, 1.0) == 1  # fewer chunks than slots
+    assert chunks_per_call(40, 8, 0.001) == 10  # 40 ms: 4 calls of 10 ms, not 8 of 5
+    assert chunks_per_call(10, 2, 0.0015) == 10  # 15 ms: one call (run in this process)
 
 
 def test_cheap_chunks_travel_packed_and_give_the_same_numbers(monkeypatch):
@@ -287,3 +293,30 @@ def test_cheap_chunks_travel_packed_and_give_the_same_numbers(monkeypatch):
     alone = simulate(task, 2500, seed=4, chunk_size=100)
     for sims in (first, again):
         assert torch.equal(sims.x, alone.x) and torch.equal(sims.theta, alone.theta)
+
+
+def test_a_run_of_under_two_calls_of_work_runs_in_the_calling_process(monkeypatch):
+    import sbi_service.simulators.simulate as simulation
+
+    monkeypatch.setattr(simulation, "MIN_CALL_SECONDS", MIN_CALL_SECONDS)
+    monkeypatch.setattr(simulation, "_row_seconds", {})
+    calls = []
+    submit = simulation._SharedPool.submit
+    monkeypatch.setattr(
+        simulation._SharedPool,
+        "submit",
+        lambda self, fn, *a: calls.append(len(a[0])) or submit(self, fn, *a),
+    )
+    task = get_task("two_moons")
+    first = simulate(task, 2500, seed=4, chunk_size=100, workers=2)  # cost not measured yet
+    assert not first.report.in_process and sum(calls) == 25
+    calls.clear()
+    # 2,500 two_moons rows are well under 20 ms of work: one call, so it runs here
+    here = simulate(task, 2500, seed=4, chunk_size=100, workers=2)
+    assert here.report.in_process and calls == []
+    # the same run measured at 30 ms of work: two calls of 15 ms, one per worker
+    simulation._row_seconds[(task.name, task.version)] = 0.03 / 2500
+    sent = simulate(task, 2500, seed=4, chunk_size=100, workers=2)
+    assert not sent.report.in_process and calls == [13, 12]
+    for sims in (here, sent):
+        assert torch.equal(sims.x, first.x) and torch.equal(sims.theta, first.theta)

@@ -13,10 +13,17 @@ numbers are the same on every backend and worker count:
 Chunks travel to the workers in calls of about ``CALL_SECONDS`` of work each, in whole
 waves of ``slots`` calls (``slots``: the workers, or the Ray cluster's CPUs): a cheap
 simulator's chunks are packed several to a call, so that a call's own cost (4-10 ms
-for a Ray task on this 2-core machine, under 1 ms for the process pool) stays a few per
-cent of its work, while a slow simulator's chunks keep a call each. The work per row
-is what the workers measured: in the last run of the same simulator in this process,
-or else in this run's first wave, one chunk per slot, after which the rest are packed.
+for a Ray task on this 2-core machine, 1-6 ms for the process pool) stays a few per
+cent of its work, while a slow simulator's chunks keep a call each. No call carries
+less than ``MIN_CALL_SECONDS`` (10 ms, about that cost) when the run has more, so a
+run of W seconds of work is at most W / ``MIN_CALL_SECONDS`` calls; a run of under two
+calls' worth would be one call, and one call runs in the calling process, whatever
+the backend: sending it to a worker would only add the call's cost (10^5 two_moons
+simulations, about 10 ms of work, take 12 ms here against 18 ms through the pool and
+27 ms as Ray tasks). The work per row is what the workers measured: in the last run
+of the same simulator in this process, or else in this run's first wave, one chunk
+per slot, after which the rest are packed; a run whose cost is not measured yet is
+always sent to the workers. ``SimulationReport.in_process`` says where it ran.
 Results, progress and checkpoints are per chunk whatever the packing.
 
 A simulator registered from Python in this process (``register``) cannot be looked up
@@ -67,6 +74,7 @@ BACKENDS = ("local", "ray")
 RETRIES = 2  # extra attempts of a chunk whose simulator raised
 MAX_LOST_FRACTION = 0.1  # of the rows: failed chunks plus NaN/inf outputs
 CALL_SECONDS = 0.1  # of work per call once measured: 25 Ray task round trips (4 ms)
+MIN_CALL_SECONDS = 0.01  # of work per call at least: about a call's own cost here
 
 ProgressFn = Callable[[int, int], None]  # (rows done, rows in all)
 
@@ -142,10 +150,15 @@ def chunks_per_call(waiting: int, slots: int, chunk_seconds: float) -> int:
     """Chunks per call for ``waiting`` chunks of ``chunk_seconds`` each on ``slots``.
 
     Calls of about ``CALL_SECONDS`` of work, in whole waves of ``slots`` calls, so that
-    every slot gets the same share: waves = ceil(work / (slots * CALL_SECONDS)).
+    every slot gets the same share, and none under ``MIN_CALL_SECONDS`` of work:
+
+        waves = ceil(W / (slots CALL_SECONDS)),
+        calls = max(1, min(slots waves, floor(W / MIN_CALL_SECONDS))),   W = work in all.
     """
-    waves = max(1, math.ceil(waiting * chunk_seconds / (slots * CALL_SECONDS)))
-    return math.ceil(waiting / (slots * waves))
+    work = waiting * chunk_seconds
+    waves = max(1, math.ceil(work / (slots * CALL_SECONDS)))
+    calls = max(1, min(slots * waves, math.floor(work / MIN_CALL_SECONDS)))
+    return math.ceil(waiting / calls)
 
 
 @dataclass
@@ -159,6 +172,7 @@ class SimulationReport:
     num_nonfinite: int = 0  # rows dropped because x had NaN or inf
     failed_chunks: list[dict[str, Any]] = field(default_factory=list)  # chunk, rows, error
     resumed_chunks: int = 0  # loaded from the checkpoint instead of simulated
+    in_process: bool = True  # simulated in the calling process, not sent to workers
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -226,14 +240,21 @@ class _SharedPool:
         pass
 
 
-def _executor(task: Task, backend: str, workers: int, stored: list[dict[str, Any]]):
-    """(executor, call function) for the backend; the function takes (thetas, seeds)."""
+def _executor(
+    task: Task, backend: str, workers: int, stored: list[dict[str, Any]], work: float | None
+):
+    """(executor, call function) for the backend; the function takes (thetas, seeds).
+
+    ``work``: the run's seconds of work as measured before, or ``None``. Under two
+    calls' worth (``chunks_per_call``) it would be one call: this process runs it.
+    """
+    dispatch = task.source != "python" and (work is None or work >= 2 * MIN_CALL_SECONDS)
     by_name = partial(simulate_chunks, task.name, stored)
-    if backend == "ray" and task.source != "python":
+    if backend == "ray" and dispatch:
         from sbi_service import ray_compute
 
         return ray_compute.TaskExecutor(num_cpus=workers), by_name
-    if backend == "local" and workers > 1 and task.source != "python":
+    if backend == "local" and workers > 1 and dispatch:
         return _SharedPool(workers), by_name
     return _InProcess(), partial(run_chunks, task)
 
@@ -289,10 +310,16 @@ def simulate(
         progress(done_rows, num_simulations)
     waiting = deque(k for k in rows if k not in xs)
     if waiting:
-        executor, run_call = _executor(task, backend, workers, stored or [])
+        cost_key = (task.name, task.version)
+        work = (
+            _row_seconds[cost_key] * sum(rows[k][1] - rows[k][0] for k in waiting)
+            if cost_key in _row_seconds
+            else None
+        )
+        executor, run_call = _executor(task, backend, workers, stored or [], work)
+        report.in_process = isinstance(executor, _InProcess)
         attempts = dict.fromkeys(waiting, 0)
         running: dict[Future, list[int]] = {}
-        cost_key = (task.name, task.version)
 
         def submit_waiting() -> None:
             """Unmeasured: a chunk per slot; measured: every waiting chunk, packed into calls."""
