@@ -273,16 +273,24 @@ def test_chunks_per_call_packs_cheap_chunks_and_keeps_slow_ones_apart(monkeypatc
     assert chunks_per_call(10, 2, 0.0015) == 10  # 15 ms: one call (run in this process)
 
 
-def test_cheap_chunks_travel_packed_and_give_the_same_numbers(monkeypatch):
+def pool_calls(monkeypatch) -> list[int]:
+    """The chunks in each call sent to the local pool from now on, in order."""
     import sbi_service.simulators.simulate as simulation
 
-    calls = []
+    calls: list[int] = []
     submit = simulation._SharedPool.submit
     monkeypatch.setattr(
         simulation._SharedPool,
         "submit",
         lambda self, fn, *a: calls.append(len(a[0])) or submit(self, fn, *a),
     )
+    return calls
+
+
+def test_cheap_chunks_travel_packed_and_give_the_same_numbers(monkeypatch):
+    import sbi_service.simulators.simulate as simulation
+
+    calls = pool_calls(monkeypatch)
     monkeypatch.setattr(simulation, "_row_seconds", {})
     task = get_task("two_moons")
     first = simulate(task, 2500, seed=4, chunk_size=100, workers=2)  # 25 chunks
@@ -300,13 +308,7 @@ def test_a_run_of_under_two_calls_of_work_runs_in_the_calling_process(monkeypatc
 
     monkeypatch.setattr(simulation, "MIN_CALL_SECONDS", MIN_CALL_SECONDS)
     monkeypatch.setattr(simulation, "_row_seconds", {})
-    calls = []
-    submit = simulation._SharedPool.submit
-    monkeypatch.setattr(
-        simulation._SharedPool,
-        "submit",
-        lambda self, fn, *a: calls.append(len(a[0])) or submit(self, fn, *a),
-    )
+    calls = pool_calls(monkeypatch)
     task = get_task("two_moons")
     first = simulate(task, 2500, seed=4, chunk_size=100, workers=2)  # cost not measured yet
     assert not first.report.in_process and sum(calls) == 25
