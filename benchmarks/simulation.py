@@ -113,7 +113,7 @@ def configurations(name: str, n: int, chunk: int) -> dict[str, Callable[[], obje
     local_2 = partial(simulate, task, n, 0, workers=2, chunk_size=chunk)
     ray_2 = partial(simulate, task, n, 0, workers=2, chunk_size=chunk, backend="ray")
     return {
-        "local 1": lambda: simulate(task, n, 0, chunk_size=chunk),
+        "local 1": partial(simulate, task, n, 0, chunk_size=chunk),
         "local 2": local_2,
         "ray 2": ray_2,
         "local 2 sent": sent(local_2),
