@@ -8,7 +8,12 @@ import torch
 
 from sbi_service.errors import UserError
 from sbi_service.estimators.registry import build_estimator
-from sbi_service.estimators.train import TrainConfig, done_fraction, train
+from sbi_service.estimators.train import (
+    TrainConfig,
+    done_fraction,
+    train,
+    weight_average,
+)
 
 
 def _gaussian_data(n: int = 600, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +49,54 @@ def test_patience_defaults_come_from_the_family() -> None:
     assert TrainConfig().resolved_patience(fmpe) == (30, 10)
     assert TrainConfig(patience=4).resolved_patience(npse) == (4, 10)
     assert TrainConfig(plateau_patience=1).resolved_patience(_nsf()) == (10, 1)
+
+
+def test_weight_averaging_is_on_for_the_score_and_flow_matching_families() -> None:
+    npse = build_estimator({"kind": "npse", "dim_theta": 2, "x_shape": [2]})
+    fmpe = build_estimator({"kind": "fmpe", "dim_theta": 2, "x_shape": [2]})
+    assert not TrainConfig().resolved_average_weights(_nsf())
+    assert TrainConfig().resolved_average_weights(npse)
+    assert TrainConfig().resolved_average_weights(fmpe)
+    assert not TrainConfig(average_weights=False).resolved_average_weights(npse)
+    assert TrainConfig(average_weights=True).resolved_average_weights(_nsf())
+
+
+def test_the_weight_average_follows_the_warm_up_rule() -> None:
+    """w_avg(1) = w(1), then w_avg(t) = beta_t w_avg(t - 1) + (1 - beta_t) w(t) with
+    beta_t = (1 + t) / (10 + t), t counting the updates before this one."""
+    est = _nsf()
+    average = weight_average(est)
+    param = next(est.parameters())
+    expected = None
+    for t, value in enumerate([1.0, 3.0, -2.0, 5.0]):
+        with torch.no_grad():
+            param.fill_(value)
+        average.update_parameters(est)
+        beta = (1 + t) / (10 + t)
+        expected = value if t == 0 else beta * expected + (1 - beta) * value
+    averaged = next(average.module.parameters())
+    assert torch.allclose(averaged, torch.full_like(averaged, expected))
+    # the z-scoring buffers are copied, not averaged
+    assert torch.equal(average.module.theta_loc, est.theta_loc)
+
+
+def test_training_with_averaging_keeps_the_averaged_weights() -> None:
+    """The optimizer steps the same raw weights either way; with averaging the kept
+    weights are their running average, which lags behind them toward the start."""
+    theta, x = _gaussian_data()
+
+    def trained(average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        est = build_estimator({"kind": "npse", "dim_theta": 2, "x_shape": [2]})
+        start = torch.nn.utils.parameters_to_vector(est.parameters()).detach().clone()
+        config = TrainConfig(max_epochs=2, patience=100, average_weights=average)
+        train(est, theta, x, config, seed=0)
+        return start, torch.nn.utils.parameters_to_vector(est.parameters()).detach()
+
+    start, averaged = trained(True)
+    _, raw = trained(False)
+    assert not torch.allclose(averaged, raw)
+    assert (averaged - start).norm() < (raw - start).norm()
 
 
 def test_training_lowers_the_loss_and_restores_the_best_epoch() -> None:

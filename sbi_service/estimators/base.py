@@ -51,8 +51,8 @@ class Estimator(nn.Module, ABC):
 
     kind: ClassVar[str]
     has_density: ClassVar[bool] = True
-    # the training loop's patience and plateau_patience for this family (train.py)
-    train_defaults: ClassVar[dict[str, int]] = {}
+    # the training loop's patience, plateau_patience, average_weights for this family (train.py)
+    train_defaults: ClassVar[dict[str, int | bool]] = {}
 
     def __init__(self, dim_theta: int, x_shape: tuple[int, ...], embedding: dict | None = None):
         super().__init__()

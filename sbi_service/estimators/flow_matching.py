@@ -53,7 +53,11 @@ class FlowMatchingEstimator(Estimator):
     """Flow-matching posterior q(theta | x) with optimal-transport conditional paths."""
 
     kind = "fmpe"
-    train_defaults: ClassVar[dict[str, int]] = {"patience": 30, "plateau_patience": 10}
+    train_defaults: ClassVar[dict[str, int | bool]] = {
+        "patience": 30,
+        "plateau_patience": 10,
+        "average_weights": True,
+    }
 
     def __init__(
         self,

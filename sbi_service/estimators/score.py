@@ -80,7 +80,11 @@ class ScoreEstimator(Estimator):
     """Score-based posterior q(theta | x) with a Karras-preconditioned denoiser."""
 
     kind = "npse"
-    train_defaults: ClassVar[dict[str, int]] = {"patience": 30, "plateau_patience": 10}
+    train_defaults: ClassVar[dict[str, int | bool]] = {
+        "patience": 30,
+        "plateau_patience": 10,
+        "average_weights": True,
+    }
 
     def __init__(
         self,

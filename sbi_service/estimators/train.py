@@ -34,6 +34,21 @@ stopped at epoch 62 (C2ST 0.72 on 3-4 of sbibm's observations); with 30 and 10 i
 trains 234 epochs (C2ST 0.56). Validation uses at most
 ``max_validation`` rows, evaluated without gradients once per epoch, and losses are
 accumulated on the device (no host synchronization per step).
+
+Weight averaging (``average_weights``, on by default for ``npse`` and ``fmpe``): an
+exponential moving average of the weights after each optimizer step t = 1, 2, ...,
+
+    w_avg(t) = beta_t w_avg(t - 1) + (1 - beta_t) w(t),   beta_t = (1 + t) / (10 + t),
+
+(the warm-up rule of TensorFlow's ``ExponentialMovingAverage``: the average spans about
+the last tenth of the steps so far), kept by ``torch.optim.swa_utils.AveragedModel``.
+Validation, the schedule, early stopping and the restored best weights all use the
+average; the optimizer steps the raw weights. The score and flow-matching losses are a
+noisy regression, and the raw weights wander around the fit by the minibatch noise:
+on gaussian_linear at 10^4 simulations (seed 0) the average took npse's
+single-observation posterior-mean error from 0.104 to 0.085 posterior standard
+deviations (rms over 20 x and 10 dimensions) and the 20-observation composition
+(``iid.py``) from C2ST 0.859 to 0.706, stopping at epoch 63 instead of 84.
 """
 
 from __future__ import annotations
@@ -46,17 +61,19 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel
 
 from sbi_service.errors import UserError
 from sbi_service.estimators.base import Estimator
 
-TRAIN_DEFAULTS = {"patience": 10, "plateau_patience": 3}
+TRAIN_DEFAULTS = {"patience": 10, "plateau_patience": 3, "average_weights": False}
 
 
 @dataclass
 class TrainConfig:
     """Optimization settings. ``batch_size=0`` picks the batch (and scales the rate);
-    ``patience``/``plateau_patience`` ``None``: the estimator family's (``resolved_patience``).
+    ``patience``/``plateau_patience``/``average_weights`` ``None``: the estimator family's
+    (``resolved_patience``, ``resolved_average_weights``).
     """
 
     batch_size: int = 0
@@ -64,6 +81,7 @@ class TrainConfig:
     max_epochs: int = 2000
     patience: int | None = None
     plateau_patience: int | None = None
+    average_weights: bool | None = None
     max_halvings: int = 5
     validation_fraction: float = 0.1
     max_validation: int = 10_000
@@ -76,6 +94,12 @@ class TrainConfig:
         patience = self.patience if self.patience is not None else defaults["patience"]
         plateau = self.plateau_patience
         return patience, plateau if plateau is not None else defaults["plateau_patience"]
+
+    def resolved_average_weights(self, estimator: Estimator) -> bool:
+        """Whether to average the weights: the given choice, else the family's default."""
+        if self.average_weights is not None:
+            return self.average_weights
+        return bool({**TRAIN_DEFAULTS, **estimator.train_defaults}["average_weights"])
 
     def resolved_batch_size(self, n_train: int) -> int:
         if self.batch_size > 0:
@@ -160,7 +184,10 @@ def train(
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=0.5, patience=plateau_patience
     )
-    best, best_epoch, best_state = math.inf, 0, copy.deepcopy(estimator.state_dict())
+    # the weights validated, scheduled on and kept: their running average, or the raw ones
+    kept = weight_average(estimator) if config.resolved_average_weights(estimator) else None
+    model = kept.module if kept is not None else estimator
+    best, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
     history: dict[str, list[float]] = {"train_loss": [], "validation_loss": []}
     start, stopped = time.perf_counter(), "max_epochs"
     epoch = 0
@@ -178,8 +205,10 @@ def train(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(estimator.parameters(), config.clip_grad_norm)
             optimizer.step()
+            if kept is not None:
+                kept.update_parameters(estimator)
         train_loss = float(total) / (n_train // batch)
-        val = validation_loss(estimator, theta_va, x_va)
+        val = validation_loss(model, theta_va, x_va)
         history["train_loss"].append(train_loss)
         history["validation_loss"].append(val)
         if progress is not None:
@@ -192,7 +221,7 @@ def train(
         scheduler.step(val)
         if val < best:
             best, best_epoch = val, epoch
-            best_state = copy.deepcopy(estimator.state_dict())
+            best_state = copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= patience:
             stopped = "early_stopping"
             break
@@ -212,6 +241,17 @@ def train(
         stopped_because=stopped,
         history=history,
     )
+
+
+def weight_average(estimator: Estimator) -> AveragedModel:
+    """A copy of ``estimator`` whose parameters follow the average w_avg(t) (module doc);
+    its buffers (the z-scoring, fitted before training) stay as they are at the copy."""
+
+    def average(w_avg: Tensor, w: Tensor, t: Tensor) -> Tensor:
+        beta = (1 + t) / (10 + t)  # t >= 1: the first update copies w
+        return beta * w_avg + (1 - beta) * w
+
+    return AveragedModel(estimator, avg_fn=average)
 
 
 @torch.no_grad()
