@@ -48,7 +48,7 @@ noisy regression, and the raw weights wander around the fit by the minibatch noi
 on gaussian_linear at 10^4 simulations (seed 0) the average took npse's
 single-observation posterior-mean error from 0.104 to 0.085 posterior standard
 deviations (rms over 20 x and 10 dimensions) and the 20-observation composition
-(``iid.py``) from C2ST 0.859 to 0.706, stopping at epoch 63 instead of 84.
+(``benchmarks/iid.py``) from C2ST 0.848 to 0.666, stopping at epoch 63 instead of 84.
 """
 
 from __future__ import annotations
