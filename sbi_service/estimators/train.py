@@ -69,6 +69,11 @@ from sbi_service.estimators.base import Estimator
 TRAIN_DEFAULTS = {"patience": 10, "plateau_patience": 3, "average_weights": False}
 
 
+def family_defaults(estimator: Estimator) -> dict[str, int | bool]:
+    """``TRAIN_DEFAULTS`` with the estimator family's own values over them."""
+    return {**TRAIN_DEFAULTS, **estimator.train_defaults}
+
+
 @dataclass
 class TrainConfig:
     """Optimization settings. ``batch_size=0`` picks the batch (and scales the rate);
@@ -90,7 +95,7 @@ class TrainConfig:
 
     def resolved_patience(self, estimator: Estimator) -> tuple[int, int]:
         """(patience, plateau_patience): the given ones, else the family's defaults."""
-        defaults = {**TRAIN_DEFAULTS, **estimator.train_defaults}
+        defaults = family_defaults(estimator)
         patience = self.patience if self.patience is not None else defaults["patience"]
         plateau = self.plateau_patience
         return patience, plateau if plateau is not None else defaults["plateau_patience"]
@@ -99,7 +104,7 @@ class TrainConfig:
         """Whether to average the weights: the given choice, else the family's default."""
         if self.average_weights is not None:
             return self.average_weights
-        return bool({**TRAIN_DEFAULTS, **estimator.train_defaults}["average_weights"])
+        return bool(family_defaults(estimator)["average_weights"])
 
     def resolved_batch_size(self, n_train: int) -> int:
         if self.batch_size > 0:
