@@ -50,6 +50,7 @@ from sbibm_files import official
 
 from sbi_service.diagnostics.c2st import c2st_many
 from sbi_service.estimators.auto import estimator_config
+from sbi_service.estimators.base import Estimator
 from sbi_service.estimators.posterior import Posterior
 from sbi_service.estimators.registry import ESTIMATORS, build_estimator
 from sbi_service.estimators.train import train
@@ -90,11 +91,13 @@ class Fitted:
     """One trained estimator: training seconds, table extras, and its posterior sampler.
 
     ``sample(x_o, n)``: x_o (*x_shape) -> (n, d) samples restricted to the prior's support.
+    ``estimator``: ours (whose sampler settings ``sample`` follows), None for sbi's.
     """
 
     seconds: float
     extras: dict[str, Any]
     sample: Callable[[torch.Tensor, int], np.ndarray]
+    estimator: Estimator | None = None
 
 
 def fit(kind: str, task: Task, theta: torch.Tensor, x: torch.Tensor, seed: int) -> Fitted:
@@ -147,6 +150,7 @@ def fit_config(
             "config": {k: v for k, v in config.items() if k not in ("dim_theta", "x_shape")},
         },
         sample=lambda x_o, n: posterior.sample(x_o[None], n, generator)[0].numpy(),
+        estimator=estimator,
     )
 
 
