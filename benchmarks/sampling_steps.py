@@ -13,6 +13,8 @@ by C2ST with sbibm's definition against sbibm's reference samples:
   difference is what the few steps cost. (Heun's error falls as 1/steps^2, so 100 steps
   is within a thirtieth of the default's discretization error; 500 steps and the SDE
   took an hour of sampling per task here.)
+- for fmpe also the default number of steps on grids bunched toward the data,
+  ``grid_power`` p in ``--fmpe-grid-powers`` (2 and 3): t_i = 1 - (1 - i / N)^p.
 
 Every setting samples with the same noise (a generator seeded with ``--seed``, as in
 ``benchmarks/accuracy.py``), so the default row reproduces the accuracy table's cell.
@@ -57,6 +59,7 @@ def main() -> None:
         "--estimators", nargs="+", default=list(DEFAULT_STEPS), choices=DEFAULT_STEPS
     )
     parser.add_argument("--reference-steps", type=int, default=100)
+    parser.add_argument("--fmpe-grid-powers", nargs="*", type=float, default=[2.0, 3.0])
     parser.add_argument("--num-simulations", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -71,18 +74,23 @@ def main() -> None:
         for kind in args.estimators:
             fitted = fit(kind, task, theta, x, args.seed)
             print(f"# {name} {kind}: {fitted.extras}", flush=True)
-            for steps in (DEFAULT_STEPS[kind], args.reference_steps):
+            default = DEFAULT_STEPS[kind]
+            settings = [(default, 1.0), (args.reference_steps, 1.0)]
+            if kind == "fmpe":
+                settings += [(default, power) for power in args.fmpe_grid_powers]
+            for steps, power in dict.fromkeys(settings):  # in order, without repeats
                 fitted.estimator.steps = steps
                 label = f"ode {steps} steps"
-                label += " (default)" if steps == DEFAULT_STEPS[kind] else ""
+                if kind == "fmpe":
+                    fitted.estimator.grid_power = power
+                    label += f", grid power {power:g}"
+                label += " (default)" if (steps, power) == (default, 1.0) else ""
                 posterior = Posterior(fitted.estimator, task.prior)
                 generator = torch.Generator().manual_seed(args.seed)
                 start = time.perf_counter()
                 samples = [
-                    posterior.sample(torch.from_numpy(x_o)[None], NUM_POSTERIOR_SAMPLES, generator)[
-                        0
-                    ].numpy()
-                    for x_o, _, _ in observations
+                    posterior.sample(x_o[None], NUM_POSTERIOR_SAMPLES, generator)[0].numpy()
+                    for x_o in (torch.from_numpy(x_o) for x_o, _, _ in observations)
                 ]
                 seconds = time.perf_counter() - start
                 pairs = [(ref, s) for (_, _, ref), s in zip(observations, samples, strict=True)]
