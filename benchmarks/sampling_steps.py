@@ -96,11 +96,10 @@ def main() -> None:
                 pairs = [(ref, s) for (_, _, ref), s in zip(observations, samples, strict=True)]
                 scores = c2st_many(pairs, list(ks), method="sbibm")
                 mean, std = np.mean(scores), np.std(scores)
-                row = (name, kind, label, nfe(kind, steps), mean, std, seconds)
-                rows.append(row)
+                rows.append((name, kind, label, nfe(kind, steps), mean, std, seconds))
                 print(
-                    f"{name:<17} {kind:<5} {label:<24} NFE {row[3]:>4}  "
-                    f"C2ST {row[4]:.3f} ± {row[5]:.3f}  ({seconds:.1f} s)",
+                    f"{name:<17} {kind:<5} {label:<36} NFE {nfe(kind, steps):>4}  "
+                    f"C2ST {mean:.3f} ± {std:.3f}  ({seconds:.1f} s)",
                     flush=True,
                 )
 
