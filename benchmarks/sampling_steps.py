@@ -39,7 +39,7 @@ from sbi_service.estimators.posterior import Posterior
 from sbi_service.simulators.simulate import simulate
 from sbi_service.simulators.tasks import BUILTIN_TASKS
 
-DEFAULT_STEPS = {"npse": 18, "fmpe": 15}
+KINDS = ("npse", "fmpe")
 
 
 def nfe(kind: str, steps: int) -> int:
@@ -55,9 +55,7 @@ def main() -> None:
         default=["slcp", "gaussian_mixture"],
         choices=BUILTIN_TASKS,
     )
-    parser.add_argument(
-        "--estimators", nargs="+", default=list(DEFAULT_STEPS), choices=DEFAULT_STEPS
-    )
+    parser.add_argument("--estimators", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--reference-steps", type=int, default=100)
     parser.add_argument("--fmpe-grid-powers", nargs="*", type=float, default=[2.0, 3.0])
     parser.add_argument("--num-simulations", type=int, default=10_000)
@@ -74,7 +72,7 @@ def main() -> None:
         for kind in args.estimators:
             fitted = fit(kind, task, theta, x, args.seed)
             print(f"# {name} {kind}: {fitted.extras}", flush=True)
-            default = DEFAULT_STEPS[kind]
+            default = fitted.estimator.steps  # the family's default, as trained
             settings = [(default, 1.0), (args.reference_steps, 1.0)]
             if kind == "fmpe":
                 settings += [(default, power) for power in args.fmpe_grid_powers]
