@@ -156,12 +156,12 @@ def test_bad_options_are_user_errors() -> None:
 
 
 def test_fmpe_time_grid() -> None:
-    """Uniform by default (exactly i / N); grid_power p > 1 bunches the steps near the
-    data end t = 1, with the same end points."""
-    assert make("fmpe", {"steps": 4}).time_grid() == [0.0, 0.25, 0.5, 0.75, 1.0]
-    grid = torch.tensor(make("fmpe", {"steps": 4, "grid_power": 2}).time_grid())
+    """Bunched toward the data end t = 1 by default (grid_power 2), with the same end
+    points; grid_power 1 is exactly uniform (i / N)."""
+    assert make("fmpe", {"steps": 4, "grid_power": 1}).time_grid() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    grid = torch.tensor(make("fmpe", {"steps": 4}).time_grid())
     assert torch.allclose(grid, torch.tensor([0.0, 0.4375, 0.75, 0.9375, 1.0]))
-    trained_on_the_uniform_grid = make("fmpe", {"steps": 4}).state_dict()
+    trained_on_the_uniform_grid = make("fmpe", {"steps": 4, "grid_power": 1}).state_dict()
     bunched = make("fmpe", {"steps": 4, "grid_power": 3})
     bunched.load_state_dict(trained_on_the_uniform_grid)  # a sampler setting, not a weight
     assert bunched.config["grid_power"] == 3.0
