@@ -59,6 +59,19 @@ def test_a_model_saved_before_log_standardization_still_loads(tmp_path):
     assert torch.equal(loaded.embed(x), est.embed(x))
 
 
+def test_an_fmpe_model_saved_before_grid_power_keeps_its_uniform_grid(tmp_path):
+    torch.manual_seed(0)
+    est = build_estimator({"kind": "fmpe", "dim_theta": 2, "x_shape": [3], "steps": 4})
+    save_estimator(tmp_path / "m", est, {"prior": PRIOR})
+    assert load_estimator(tmp_path / "m")[0].grid_power == 2.0  # today's default
+    config_file = tmp_path / "m" / "config.json"
+    config = json.loads(config_file.read_text())
+    del config["estimator"]["grid_power"]
+    config_file.write_text(json.dumps(config))
+    loaded, _ = load_estimator(tmp_path / "m")
+    assert loaded.time_grid() == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
 def test_versions_increment_and_latest(tmp_path):
     store = Store(tmp_path)
     est = _estimator()

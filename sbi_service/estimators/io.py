@@ -52,8 +52,13 @@ def load_estimator(folder: Path, device: str | torch.device = "cpu") -> tuple[Es
     ``ModelFileError`` (the store checks checksums before this; this catches the rest).
     """
     config = read_config(folder)
+    architecture = dict(config["estimator"])
+    if architecture.get("kind") == "fmpe":
+        # fmpe models saved before grid_power existed sample on the uniform grid, as when
+        # they were trained and diagnosed
+        architecture.setdefault("grid_power", 1.0)
     try:
-        estimator = build_estimator(config["estimator"])
+        estimator = build_estimator(architecture)
         state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
         # models saved before log-standardization existed read every feature linearly
         state.setdefault("x_log", torch.zeros_like(estimator.x_log))
