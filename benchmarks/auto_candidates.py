@@ -1,13 +1,15 @@
-"""Candidate estimator configs for a rule of ``auto``, side by side: fast C2ST and CPU.
+"""Candidate estimator configs side by side with one of sbi's: C2ST and training CPU.
 
 For each task, the same ``--budget`` simulations (seed 0) train each candidate config
 (``accuracy.fit_config``: ``build_estimator`` and the default training loop, one torch
-thread), and ``sbi``, sbi 0.27's default NPE, beside them. Each draws 10,000 samples for
-sbibm's 10 official observations, scored with the fast early-stopping C2ST
-(``c2st_many(..., method="early_stopping")``), which ranks like sbibm's definition
-(``benchmarks/results/accuracy.md``, its 10^4 column) at a fraction of its time. This
-screens candidates; the cells of the accuracy table are then rerun with
-``benchmarks/accuracy.py``.
+thread) and ``--peer`` (default ``sbi``, sbi 0.27's default NPE; ``sbi_npse`` for
+``npse`` candidates, ``none`` for no peer) beside them. Each draws 10,000 samples for
+sbibm's 10 official observations, scored by ``--c2st``: ``early_stopping`` (default),
+which ranks like sbibm's definition (``benchmarks/results/accuracy.md``, its 10^4
+column) at a fraction of its time, to screen candidates, or ``sbibm``, the table's own
+definition. With a peer, each candidate's row also gives Δ = candidate − peer ± its
+standard error paired over the observations (same observations and C2ST seeds). The
+cells of the accuracy table are then rerun with ``benchmarks/accuracy.py``.
 
 Run: ``python benchmarks/auto_candidates.py --tasks bernoulli_glm gaussian_linear
 --budget 1000 --configs '{"kind": "nsf", "members": 4}' '{"kind": "maf", "members": 4}'``
@@ -22,7 +24,7 @@ import json
 
 import numpy as np
 import torch
-from accuracy import NUM_OBSERVATIONS, NUM_POSTERIOR_SAMPLES, fit, fit_config
+from accuracy import NUM_OBSERVATIONS, NUM_POSTERIOR_SAMPLES, SBI, fit, fit_config
 from sbibm_files import official
 
 from sbi_service.diagnostics.c2st import c2st_many
@@ -35,20 +37,22 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", required=True, choices=BUILTIN_TASKS)
     parser.add_argument("--budget", type=int, default=1_000)
     parser.add_argument("--configs", nargs="+", type=json.loads, required=True)
-    parser.add_argument("--no-sbi", action="store_true", help="skip sbi's default NPE")
+    parser.add_argument("--peer", default="sbi", choices=[*SBI, "none"])
+    parser.add_argument("--c2st", default="early_stopping", choices=["early_stopping", "sbibm"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     ks = list(range(1, NUM_OBSERVATIONS + 1))
-    print("| task | N | candidate | fast C2ST | training CPU s | epochs |")
-    print("|---|---:|---|---:|---:|---:|")
+    header = f"C2ST ({args.c2st}) | Δ vs {args.peer}"
+    print(f"| task | N | candidate | {header} | training CPU s | epochs |")
+    print("|---|---:|---|---:|---:|---:|---:|")
     for name in args.tasks:
         task = BUILTIN_TASKS[name]()
         observations = [official(name, k) for k in ks]
         theta, x = simulate(task, args.budget, 0)
-        candidates = [*([] if args.no_sbi else ["sbi"]), *args.configs]
-        for candidate in candidates:
-            if candidate == "sbi":
-                fitted = fit("sbi", task, theta, x, 0)
+        peer_scores = None
+        for candidate in [*([] if args.peer == "none" else [args.peer]), *args.configs]:
+            if candidate == args.peer:
+                fitted = fit(args.peer, task, theta, x, 0)
             else:
                 full = {**candidate, "dim_theta": task.prior.dim, "x_shape": list(task.x_shape)}
                 fitted = fit_config(full, task, theta, x, 0)
@@ -56,11 +60,18 @@ def main() -> None:
                 (ref, fitted.sample(torch.from_numpy(x_o), NUM_POSTERIOR_SAMPLES))
                 for x_o, _, ref in observations
             ]
-            score = float(np.mean(c2st_many(pairs, ks, method="early_stopping")))
-            label = candidate if candidate == "sbi" else json.dumps(candidate)
+            scores = np.array(c2st_many(pairs, ks, method=args.c2st))
+            delta = ""
+            if candidate == args.peer:
+                peer_scores = scores
+            elif peer_scores is not None:
+                d = scores - peer_scores
+                delta = f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f}"
+            label = candidate if candidate == args.peer else json.dumps(candidate)
             print(
-                f"| {name} | {args.budget:,} | `{label}` | {score:.3f} | "
-                f"{fitted.extras['train_cpu_seconds']:.0f} | {fitted.extras['epochs']} |",
+                f"| {name} | {args.budget:,} | `{label}` | {scores.mean():.3f} ± {scores.std():.3f}"
+                f" | {delta} | {fitted.extras['train_cpu_seconds']:.0f} | "
+                f"{fitted.extras['epochs']} |",
                 flush=True,
             )
 
