@@ -18,7 +18,8 @@ by C2ST with sbibm's definition against sbibm's reference samples:
   grid, and 3).
 
 Every setting samples with the same noise (a generator seeded with ``--seed``, as in
-``benchmarks/accuracy.py``), so the default row reproduces the accuracy table's cell.
+``benchmarks/accuracy.py``), so in one installation the default row reproduces the
+accuracy table's cell.
 Prints one table row per (task, estimator, sampler): mean ± sd C2ST over the observations
 and the sampling seconds for all ten.
 
