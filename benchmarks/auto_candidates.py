@@ -24,7 +24,14 @@ import json
 
 import numpy as np
 import torch
-from accuracy import NUM_OBSERVATIONS, NUM_POSTERIOR_SAMPLES, SBI, fit, fit_config
+from accuracy import (
+    NUM_OBSERVATIONS,
+    NUM_POSTERIOR_SAMPLES,
+    SBI,
+    fit,
+    fit_config,
+    paired_delta,
+)
 from sbibm_files import official
 
 from sbi_service.diagnostics.c2st import c2st_many
@@ -49,9 +56,10 @@ def main() -> None:
         task = BUILTIN_TASKS[name]()
         observations = [official(name, k) for k in ks]
         theta, x = simulate(task, args.budget, 0)
-        peer_scores = None
+        peer = None  # the peer's row, {"c2st": scores}, once it is scored
         for candidate in [*([] if args.peer == "none" else [args.peer]), *args.configs]:
-            if candidate == args.peer:
+            is_peer = candidate == args.peer
+            if is_peer:
                 fitted = fit(args.peer, task, theta, x, 0)
             else:
                 full = {**candidate, "dim_theta": task.prior.dim, "x_shape": list(task.x_shape)}
@@ -61,13 +69,11 @@ def main() -> None:
                 for x_o, _, ref in observations
             ]
             scores = np.array(c2st_many(pairs, ks, method=args.c2st))
-            delta = ""
-            if candidate == args.peer:
-                peer_scores = scores
-            elif peer_scores is not None:
-                d = scores - peer_scores
-                delta = f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f}"
-            label = candidate if candidate == args.peer else json.dumps(candidate)
+            row = {"c2st": scores}
+            delta = paired_delta(row, peer) if peer is not None else ""  # peer comes first
+            if is_peer:
+                peer = row
+            label = candidate if is_peer else json.dumps(candidate)
             print(
                 f"| {name} | {args.budget:,} | `{label}` | {scores.mean():.3f} ± {scores.std():.3f}"
                 f" | {delta} | {fitted.extras['train_cpu_seconds']:.0f} | "
