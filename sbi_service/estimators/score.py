@@ -17,9 +17,10 @@ below are written once in (y, s).
 Noise levels in training (after Karras et al. 2022, "EDM"): log s ~ N(p_mean, p_std^2),
 clamped to [s_min, s_max], rather than t ~ U(t_min, 1) (log-uniform s for VE), which
 spends much of the training on levels where the loss cannot improve (s far below the
-posterior's width: D = y). The posterior's mean is learned at levels above its width
-and its fine structure below, so the defaults are wider than EDM's (-1.2, 1.2):
-p_mean = -0.5, p_std = 2 put 95% of the levels in [0.012, s_max].
+posterior's width: D = y). The defaults are EDM's, p_mean = -1.2, p_std = 1.2: 95% of
+the levels in [0.03, 3.2], where the posterior's fine structure is learned. Against the
+wider (-0.5, 2) ([0.012, 20]) they gain slcp and gaussian_mixture at 10^4 simulations
+and cost two_moons a little (``benchmarks/results/npse_noise_levels.md``).
 
 Denoiser and loss (Karras et al. 2022 preconditioning, data std 1 after z-scoring):
 
@@ -100,8 +101,8 @@ class ScoreEstimator(Estimator):
         sigma_max: float = 20.0,
         beta_min: float = 0.1,
         beta_max: float = 20.0,
-        p_mean: float = -0.5,
-        p_std: float = 2.0,
+        p_mean: float = -1.2,
+        p_std: float = 1.2,
     ):
         super().__init__(dim_theta, x_shape, embedding)
         if sde not in ("ve", "vp"):
