@@ -20,7 +20,8 @@ spends much of the training on levels where the loss cannot improve (s far below
 posterior's width: D = y). The defaults are EDM's, p_mean = -1.2, p_std = 1.2: 95% of
 the levels in [0.03, 3.2], where the posterior's fine structure is learned. Against the
 wider (-0.5, 2) ([0.012, 20]) they gain slcp and gaussian_mixture at 10^4 simulations
-and cost two_moons a little (``benchmarks/results/npse_noise_levels.md``).
+and cost two_moons and sir, the posteriors thinnest in z-units, a little
+(``benchmarks/results/npse_noise_levels.md``).
 
 Denoiser and loss (Karras et al. 2022 preconditioning, data std 1 after z-scoring):
 
