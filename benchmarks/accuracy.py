@@ -154,12 +154,18 @@ def fit_config(
     )
 
 
-def write_tables(out: Path) -> None:
-    """Rewrite accuracy.json and accuracy.md from every line of accuracy.jsonl."""
-    cells: dict[tuple, dict] = {}
+def load_cells(out: Path) -> dict[tuple[str, int, str], dict]:
+    """The rows of accuracy.jsonl by (task, num_simulations, estimator); the last line wins."""
+    cells: dict[tuple[str, int, str], dict] = {}
     for line in (out / "accuracy.jsonl").read_text().splitlines():
         row = json.loads(line)
         cells[(row["task"], row["num_simulations"], row["estimator"])] = row
+    return cells
+
+
+def write_tables(out: Path) -> None:
+    """Rewrite accuracy.json and accuracy.md from every line of accuracy.jsonl."""
+    cells = load_cells(out)
     order = [*OURS, *SBI]
     rows = sorted(
         cells.values(),

@@ -8,8 +8,11 @@ sbibm's 10 official observations, scored by ``--c2st``: ``early_stopping`` (defa
 which ranks like sbibm's definition (``benchmarks/results/accuracy.md``, its 10^4
 column) at a fraction of its time, to screen candidates, or ``sbibm``, the table's own
 definition. With a peer, each candidate's row also gives Δ = candidate − peer ± its
-standard error paired over the observations (same observations and C2ST seeds). The
-cells of the accuracy table are then rerun with ``benchmarks/accuracy.py``.
+standard error paired over the observations (same observations and C2ST seeds).
+``--peer-from-table`` takes the peer's scores from the accuracy table's cell
+(``benchmarks/results/accuracy.jsonl``, trained on the same simulations, seed 0) instead
+of training it again; it needs ``--c2st sbibm``, the table's definition. The cells of
+the accuracy table are then rerun with ``benchmarks/accuracy.py``.
 
 Run: ``python benchmarks/auto_candidates.py --tasks bernoulli_glm gaussian_linear
 --budget 1000 --configs '{"kind": "nsf", "members": 4}' '{"kind": "maf", "members": 4}'``
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +34,7 @@ from accuracy import (
     SBI,
     fit,
     fit_config,
+    load_cells,
     paired_delta,
 )
 from sbibm_files import official
@@ -45,8 +50,12 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=1_000)
     parser.add_argument("--configs", nargs="+", type=json.loads, required=True)
     parser.add_argument("--peer", default="sbi", choices=[*SBI, "none"])
+    parser.add_argument("--peer-from-table", action="store_true")
     parser.add_argument("--c2st", default="early_stopping", choices=["early_stopping", "sbibm"])
     args = parser.parse_args()
+    if args.peer_from_table and (args.peer == "none" or args.c2st != "sbibm"):
+        parser.error("--peer-from-table needs a --peer and --c2st sbibm (the table's C2ST)")
+    table = load_cells(Path(__file__).parent / "results") if args.peer_from_table else {}
     torch.set_num_threads(1)
     ks = list(range(1, NUM_OBSERVATIONS + 1))
     header = f"C2ST ({args.c2st}) | Δ vs {args.peer}"
@@ -57,7 +66,21 @@ def main() -> None:
         observations = [official(name, k) for k in ks]
         theta, x = simulate(task, args.budget, 0)
         peer = None  # the peer's row, {"c2st": scores}, once it is scored
-        for candidate in [*([] if args.peer == "none" else [args.peer]), *args.configs]:
+        if args.peer_from_table:
+            peer = table.get((name, args.budget, args.peer))
+            if peer is None:
+                raise SystemExit(
+                    f"the accuracy table has no {args.peer} cell for {name} at {args.budget:,}"
+                    " simulations: run benchmarks/accuracy.py for it, or drop --peer-from-table"
+                )
+            print(
+                f"| {name} | {args.budget:,} | `{args.peer}` (the table's cell) | "
+                f"{peer['c2st_mean']:.3f} ± {peer['c2st_std']:.3f} |  | "
+                f"{peer['train_cpu_seconds']:.0f} | {peer['epochs']} |",
+                flush=True,
+            )
+        peers = [] if args.peer == "none" or args.peer_from_table else [args.peer]
+        for candidate in [*peers, *args.configs]:
             is_peer = candidate == args.peer
             if is_peer:
                 fitted = fit(args.peer, task, theta, x, 0)
