@@ -44,6 +44,17 @@ from sbi_service.simulators.simulate import simulate
 from sbi_service.simulators.tasks import BUILTIN_TASKS
 
 
+def print_row(
+    task: str, budget: int, label: str, scores: np.ndarray, delta: str, extras: dict
+) -> None:
+    """One markdown row; ``extras`` holds ``train_cpu_seconds`` and ``epochs``."""
+    print(
+        f"| {task} | {budget:,} | {label} | {scores.mean():.3f} ± {scores.std():.3f} | {delta} | "
+        f"{extras['train_cpu_seconds']:.0f} | {extras['epochs']} |",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", required=True, choices=BUILTIN_TASKS)
@@ -73,12 +84,8 @@ def main() -> None:
                     f"the accuracy table has no {args.peer} cell for {name} at {args.budget:,}"
                     " simulations: run benchmarks/accuracy.py for it, or drop --peer-from-table"
                 )
-            print(
-                f"| {name} | {args.budget:,} | `{args.peer}` (the table's cell) | "
-                f"{peer['c2st_mean']:.3f} ± {peer['c2st_std']:.3f} |  | "
-                f"{peer['train_cpu_seconds']:.0f} | {peer['epochs']} |",
-                flush=True,
-            )
+            label = f"`{args.peer}` (the table's cell)"
+            print_row(name, args.budget, label, np.array(peer["c2st"]), "", peer)
         peers = [] if args.peer == "none" or args.peer_from_table else [args.peer]
         for candidate in [*peers, *args.configs]:
             is_peer = candidate == args.peer
@@ -96,13 +103,8 @@ def main() -> None:
             delta = paired_delta(row, peer) if peer is not None else ""  # peer comes first
             if is_peer:
                 peer = row
-            label = candidate if is_peer else json.dumps(candidate)
-            print(
-                f"| {name} | {args.budget:,} | `{label}` | {scores.mean():.3f} ± {scores.std():.3f}"
-                f" | {delta} | {fitted.extras['train_cpu_seconds']:.0f} | "
-                f"{fitted.extras['epochs']} |",
-                flush=True,
-            )
+            label = f"`{candidate if is_peer else json.dumps(candidate)}`"
+            print_row(name, args.budget, label, scores, delta, fitted.extras)
 
 
 if __name__ == "__main__":
