@@ -1,6 +1,7 @@
 """Candidate estimator configs side by side with one of sbi's: C2ST and training CPU.
 
-For each task, the same ``--budget`` simulations (seed 0) train each candidate config
+For each task, the same ``--budget`` simulations (``--seed``, default 0, which also seeds
+training) train each candidate config
 (``accuracy.fit_config``: ``build_estimator`` and the default training loop, one torch
 thread) and ``--peer`` (default ``sbi``, sbi 0.27's default NPE; ``sbi_npse`` for
 ``npse`` candidates, ``none`` for no peer) beside them. Each draws 10,000 samples for
@@ -11,7 +12,7 @@ definition. With a peer, each candidate's row also gives Δ = candidate − peer
 standard error paired over the observations (same observations and C2ST seeds).
 ``--peer-from-table`` takes the peer's scores from the accuracy table's cell
 (``benchmarks/results/accuracy.jsonl``, trained on the same simulations, seed 0) instead
-of training it again; it needs ``--c2st sbibm``, the table's definition. The cells of
+of training it again; it needs ``--c2st sbibm``, the table's definition, and seed 0. The cells of
 the accuracy table are then rerun with ``benchmarks/accuracy.py``.
 
 Run: ``python benchmarks/auto_candidates.py --tasks bernoulli_glm gaussian_linear
@@ -59,23 +60,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", required=True, choices=BUILTIN_TASKS)
     parser.add_argument("--budget", type=int, default=1_000)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--configs", nargs="+", type=json.loads, required=True)
     parser.add_argument("--peer", default="sbi", choices=[*SBI, "none"])
     parser.add_argument("--peer-from-table", action="store_true")
     parser.add_argument("--c2st", default="early_stopping", choices=["early_stopping", "sbibm"])
     args = parser.parse_args()
-    if args.peer_from_table and (args.peer == "none" or args.c2st != "sbibm"):
-        parser.error("--peer-from-table needs a --peer and --c2st sbibm (the table's C2ST)")
+    if args.peer_from_table and (args.peer == "none" or args.c2st != "sbibm" or args.seed):
+        parser.error(
+            "--peer-from-table needs a --peer, --c2st sbibm and --seed 0 (the table's cells)"
+        )
     table = load_cells(Path(__file__).parent / "results") if args.peer_from_table else {}
     torch.set_num_threads(1)
     ks = list(range(1, NUM_OBSERVATIONS + 1))
-    header = f"C2ST ({args.c2st}) | Δ vs {args.peer}"
+    header = f"C2ST ({args.c2st}, seed {args.seed}) | Δ vs {args.peer}"
     print(f"| task | N | candidate | {header} | training CPU s | epochs |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for name in args.tasks:
         task = BUILTIN_TASKS[name]()
         observations = [official(name, k) for k in ks]
-        theta, x = simulate(task, args.budget, 0)
+        theta, x = simulate(task, args.budget, args.seed)
         peer = None  # the peer's row, {"c2st": scores}, once it is scored
         if args.peer_from_table:
             peer = table.get((name, args.budget, args.peer))
@@ -90,10 +94,10 @@ def main() -> None:
         for candidate in [*peers, *args.configs]:
             is_peer = candidate == args.peer
             if is_peer:
-                fitted = fit(args.peer, task, theta, x, 0)
+                fitted = fit(args.peer, task, theta, x, args.seed)
             else:
                 full = {**candidate, "dim_theta": task.prior.dim, "x_shape": list(task.x_shape)}
-                fitted = fit_config(full, task, theta, x, 0)
+                fitted = fit_config(full, task, theta, x, args.seed)
             pairs = [
                 (ref, fitted.sample(torch.from_numpy(x_o), NUM_POSTERIOR_SAMPLES))
                 for x_o, _, ref in observations

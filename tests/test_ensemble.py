@@ -1,11 +1,14 @@
-"""Flow ensembles (``members=K``): the mixture density, seeded sampling, old models."""
+"""Flow ensembles (``members=K``): the mixture density, seeded sampling, old models; the
+flows' hidden activation."""
 
 import math
 
+import pytest
 import torch
 from safetensors.torch import save_file
 from scipy import stats
 
+from sbi_service.errors import UserError
 from sbi_service.estimators.flows import pick_member
 from sbi_service.estimators.io import load_estimator, save_estimator
 from sbi_service.estimators.registry import build_estimator
@@ -81,3 +84,15 @@ def test_auto_rule_sizes_the_ensemble_by_budget_and_dimension_and_embeds_time_se
     assert choose(2, (2,), 1_000, normal)["kind"] == "nsf"
     explicit = estimator_config("auto", 2, [2], 1_000, box, options={"members": 2})
     assert explicit["members"] == 2 and explicit["dim_theta"] == 2
+
+
+def test_flows_take_the_hidden_activation_by_name_and_say_the_choices_when_wrong():
+    def activations(config: dict) -> set[type]:
+        est = build_estimator({"dim_theta": 2, "x_shape": [3], "transforms": 1, **config})
+        return {type(m) for m in est.modules() if isinstance(m, torch.nn.ReLU | torch.nn.Tanh)}
+
+    assert activations({"kind": "maf"}) == {torch.nn.Tanh}  # sbi's MAF
+    assert activations({"kind": "nsf"}) == {torch.nn.ReLU}
+    assert activations({"kind": "maf", "activation": "relu"}) == {torch.nn.ReLU}
+    with pytest.raises(UserError, match="activation must be one of relu, tanh, got 'elu'"):
+        build_estimator({"kind": "nsf", "dim_theta": 2, "x_shape": [3], "activation": "elu"})

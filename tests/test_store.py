@@ -72,6 +72,22 @@ def test_an_fmpe_model_saved_before_grid_power_keeps_its_uniform_grid(tmp_path):
     assert loaded.time_grid() == [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
+def test_a_maf_model_saved_before_the_activation_option_keeps_relu(tmp_path):
+    torch.manual_seed(0)
+    config = {"kind": "maf", "dim_theta": 2, "x_shape": [3], "transforms": 1}
+    assert build_estimator(config).config["activation"] == "tanh"  # today's default
+    old = build_estimator({**config, "activation": "relu"})  # what maf models were
+    save_estimator(tmp_path / "m", old, {"prior": PRIOR})
+    config_file = tmp_path / "m" / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["estimator"]["activation"]
+    config_file.write_text(json.dumps(saved))
+    loaded, _ = load_estimator(tmp_path / "m")
+    theta, x = torch.randn(5, 2), torch.randn(5, 3)
+    assert loaded.config["activation"] == "relu"
+    assert torch.equal(loaded.log_prob(theta, x), old.log_prob(theta, x))
+
+
 def test_versions_increment_and_latest(tmp_path):
     store = Store(tmp_path)
     est = _estimator()

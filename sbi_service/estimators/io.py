@@ -57,6 +57,9 @@ def load_estimator(folder: Path, device: str | torch.device = "cpu") -> tuple[Es
         # fmpe models saved before grid_power existed sample on the uniform grid, as when
         # they were trained and diagnosed
         architecture.setdefault("grid_power", 1.0)
+    if architecture.get("kind") == "maf":
+        # maf models saved before the activation option existed have ReLU hidden units
+        architecture.setdefault("activation", "relu")
     try:
         estimator = build_estimator(architecture)
         state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
