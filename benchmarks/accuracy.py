@@ -37,7 +37,9 @@ score and flow-matching families.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,15 +90,18 @@ def sbi_prior(prior: Prior) -> torch.distributions.Distribution:
 
 @dataclass
 class Fitted:
-    """One trained estimator: training seconds, table extras, and its posterior sampler.
+    """One trained estimator: training seconds, table extras, its posterior sampler and density.
 
     ``sample(x_o, n)``: x_o (*x_shape) -> (n, d) samples restricted to the prior's support.
+    ``log_prob(theta, x)``: paired rows theta (m, d), x (m, *x_shape) -> log q(theta | x)
+    (m,), the trained density (not renormalized to the prior's support).
     ``estimator``: ours (whose sampler settings ``sample`` follows), None for sbi's.
     """
 
     seconds: float
     extras: dict[str, Any]
     sample: Callable[[torch.Tensor, int], np.ndarray]
+    log_prob: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     estimator: Estimator | None = None
 
 
@@ -113,7 +118,8 @@ def fit(kind: str, task: Task, theta: torch.Tensor, x: torch.Tensor, seed: int) 
             prior=sbi_prior(task.prior), show_progress_bars=False, **options
         )
         start, cpu_start = time.perf_counter(), time.process_time()
-        inference.append_simulations(theta, x).train()
+        with contextlib.redirect_stdout(sys.stderr):  # its "converged after" line
+            inference.append_simulations(theta, x).train()
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         posterior = inference.build_posterior()
         return Fitted(
@@ -123,6 +129,7 @@ def fit(kind: str, task: Task, theta: torch.Tensor, x: torch.Tensor, seed: int) 
                 "epochs": int(inference._summary["epochs_trained"][-1]),
             },
             sample=lambda x_o, n: posterior.sample((n,), x=x_o, show_progress_bars=False).numpy(),
+            log_prob=lambda theta, x: posterior.posterior_estimator.log_prob(theta[None], x)[0],
         )
     config = estimator_config(
         kind, task.prior.dim, task.x_shape, len(theta), task.prior.spec["type"]
@@ -150,6 +157,7 @@ def fit_config(
             "config": {k: v for k, v in config.items() if k not in ("dim_theta", "x_shape")},
         },
         sample=lambda x_o, n: posterior.sample(x_o[None], n, generator)[0].numpy(),
+        log_prob=estimator.log_prob,
         estimator=estimator,
     )
 
