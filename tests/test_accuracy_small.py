@@ -7,6 +7,13 @@ time of training. The bounds are the figures this test measured when the default
 set (C2ST 0.646, 149 CPU s for the four members on the development machine while it
 ran six other jobs on its two cores) plus a margin for initialization noise: they catch
 a broken loop, architecture or rule, and a drift far from the table's 10^3 column.
+
+The second test covers ``auto``'s other small-budget branch (many parameters, a Gaussian
+prior: 4 tanh MAFs) on gaussian_linear, whose posterior N(x / 2, 0.05 I) is known, by the
+mean KL(p(theta | x) || q(theta | x)) over fresh x, estimated on fresh pairs (theta, x)
+as the mean of log p(theta | x) - log q(theta | x). Measured when the MAFs took tanh units
+(seed 0, these 2,000 pairs): 0.184 nats, against 0.267 with the ReLU units they had before
+and 0.385 for sbi's default NPE on the same simulations.
 """
 
 import time
@@ -22,6 +29,7 @@ from sbi_service.simulators.observations import benchmark_observations
 from sbi_service.simulators.reference import sample_reference_posterior
 from sbi_service.simulators.simulate import simulate
 from sbi_service.simulators.tasks import BUILTIN_TASKS
+from sbi_service.simulators.tasks.gaussian_linear import posterior_mean_std
 
 
 def test_default_estimator_accuracy_at_1000_two_moons_simulations() -> None:
@@ -49,3 +57,27 @@ def test_default_estimator_accuracy_at_1000_two_moons_simulations() -> None:
     assert score < 0.70, f"C2ST {score:.3f} after {result.epochs} epochs"
     # CPU time, not wall clock: the bound must hold on a loaded CI machine too.
     assert cpu_seconds < 300, f"training took {cpu_seconds:.1f} CPU seconds"
+
+
+def test_default_estimator_mean_kl_at_1000_gaussian_linear_simulations() -> None:
+    task = BUILTIN_TASKS["gaussian_linear"]()
+    theta, x = simulate(task, 1000, seed=0)
+    config = estimator_config(
+        "auto", task.prior.dim, task.x_shape, len(theta), task.prior.spec["type"]
+    )
+    assert (config["kind"], config["members"]) == ("maf", 4)
+    torch.manual_seed(0)
+    estimator = build_estimator(config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(estimator, theta, x, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    theta_test, x_test = simulate(task, 2000, seed=10_000)
+    mean, std = (torch.stack(m) for m in zip(*map(posterior_mean_std, x_test), strict=True))
+    log_p = torch.distributions.Normal(mean, std).log_prob(theta_test.double()).sum(-1)
+    with torch.no_grad():
+        log_q = estimator.log_prob(theta_test, x_test).double()
+    kl = float((log_p - log_q).mean())
+    assert kl < 0.22, f"mean KL {kl:.3f} nats"

@@ -14,10 +14,11 @@ by pushing standard normal noise through the inverse: theta_z = f^{-1}(z; c).
 ``passes=2`` turns the autoregressive transform into a coupling transform (one pass
 to invert instead of dim_theta passes). ``activation`` is the hyper-network's hidden
 nonlinearity: ``tanh`` for ``maf`` (sbi's MAF, from nflows, uses it), ``relu`` for
-``nsf``. On bernoulli_glm at 1,000 simulations a ReLU MAF fitted 0.97 nats per pair
-worse than sbi's MAF in held-out negative log-likelihood (mean of 3 seeds) and the same
-MAF with tanh 0.004 nats worse: the smooth units generalize from few simulations where
-piecewise-linear ones overfit (``benchmarks/results/auto_small_budget.md``).
+``nsf``. On bernoulli_glm at 1,000 simulations a ReLU MAF fitted 0.94 nats per pair
+worse than sbi's MAF in held-out negative log-likelihood (mean of 3 seeds,
+``benchmarks/heldout_nll.py``) and the same MAF with tanh 0.002 nats better: the smooth
+units generalize from few simulations where piecewise-linear ones overfit
+(``benchmarks/results/auto_small_budget.md``).
 
 ``members=K`` makes the estimator an equally weighted ensemble of K flows of the same
 architecture from different initial weights, sharing the embedding:
