@@ -76,11 +76,13 @@ def test_auto_rule_sizes_the_ensemble_by_budget_and_dimension_and_embeds_time_se
         "members": 1,
         "embedding": {"kind": "cnn1d"},
     }
-    # many parameters, few simulations, a Gaussian prior: affine flows
+    # many parameters and a Gaussian prior: affine flows, 4 up to 3,000 simulations, then one
     assert choose(10, (10,), 1_000, normal) == {"kind": "maf", "members": 4}
-    assert choose(10, (10,), 1_000, "multivariate_normal")["kind"] == "maf"
+    assert choose(10, (10,), 3_000, "multivariate_normal") == {"kind": "maf", "members": 4}
+    assert choose(10, (10,), 3_001, normal) == {"kind": "maf", "members": 1}
+    assert choose(10, (10,), 100_000, "multivariate_normal") == {"kind": "maf", "members": 1}
     assert choose(10, (10,), 1_000, box)["kind"] == "nsf"  # a box prior: splines
-    assert choose(10, (10,), 3_001, normal)["kind"] == "nsf"
+    assert choose(7, (10,), 10_000, normal) == {"kind": "nsf", "members": 1}
     assert choose(2, (2,), 1_000, normal)["kind"] == "nsf"
     explicit = estimator_config("auto", 2, [2], 1_000, box, options={"members": 2})
     assert explicit["members"] == 2 and explicit["dim_theta"] == 2

@@ -10,16 +10,21 @@ against sbi's default NPE on the same simulations) and are explained in the READ
 - the family is a neural spline flow (``nsf``): its monotone splines fit the curved,
   skewed and multimodal posteriors where an affine flow (``maf``) cannot, and reach
   the same accuracy on Gaussian ones given enough simulations;
-- except from ``ENSEMBLE_DIM`` (8) parameters with a Gaussian prior and at most 3,000
-  simulations: there the posterior is close to Gaussian (the prior's tails, no box
-  edges to bend around) and the splines' extra parameters overfit, so an ensemble of 4
-  affine flows (``maf``, with tanh hidden units: ``flows.py``) is kept. Fast C2ST over
-  the 10 official observations at 10^3 (``benchmarks/results/auto_small_budget.md``, with
-  the ReLU units the MAFs had then): bernoulli_glm 0.824 against 0.866 for 4 spline flows
-  (sbi's default NPE 0.817), gaussian_linear 0.622 against 0.640; with a box prior the
-  splines win (gaussian_linear_uniform 0.690 against 0.735 for ``maf``). tanh units then
-  took the accuracy table's cells (sbibm C2ST) from 0.771 to 0.742 on bernoulli_glm and
-  from 0.559 to 0.541 on gaussian_linear (sbi 0.763 and 0.581);
+- except from ``ENSEMBLE_DIM`` (8) parameters with a Gaussian prior: there the posterior
+  is close to Gaussian (the prior's tails, no box edges to bend around) and the splines'
+  extra parameters overfit, so the family is the affine ``maf`` (with tanh hidden units:
+  ``flows.py``). Fast C2ST over the 10 official observations at 10^3
+  (``benchmarks/results/auto_small_budget.md``, with the ReLU units the MAFs had then):
+  bernoulli_glm 0.824 against 0.866 for 4 spline flows (sbi's default NPE 0.817),
+  gaussian_linear 0.622 against 0.640; with a box prior the splines win
+  (gaussian_linear_uniform 0.690 against 0.735 for ``maf``). tanh units then took the
+  accuracy table's cells (sbibm C2ST) from 0.771 to 0.742 on bernoulli_glm and from 0.559
+  to 0.541 on gaussian_linear (sbi 0.763 and 0.581). Above 3,000 simulations one tanh MAF
+  replaced 4 spline flows (``benchmarks/results/auto_large_budget.md``): at 10^4
+  gaussian_linear 0.514 against 0.532 (sbi 0.538) at 8 training CPU seconds against 83
+  (sbi 41), bernoulli_glm 0.627 against 0.619 (sbi 0.628) at 36 against 285 (sbi 85);
+  at 10^5 gaussian_linear 0.503 against 0.513 (sbi 0.509) at 61 against 903 (sbi 304),
+  bernoulli_glm 0.543 against 0.531 (sbi 0.542) at 160 against 2275 (sbi 760);
 - up to 3,000 simulations the flow is an ensemble of 4 flows (``flows.py``): averaging
   independently fitted members cancels much of each one's error in the posterior's
   location, the error that dominates C2ST when simulations are few. Members cost training
@@ -27,10 +32,12 @@ against sbi's default NPE on the same simulations) and are explained in the READ
   NPE, and an ensemble's small further gain (two_moons at 10^4: 0.545 with 3 members
   against 0.557 alone, sbibm C2ST on 3 observations) would cost the 3x training-speed
   margin over sbi, so ``auto`` trains one flow there;
-- from ``ENSEMBLE_DIM`` (8) parameters on, the ensemble of 4 is kept at every budget: at
-  10^4 a single flow was behind sbi's default NPE on the two 10-parameter tasks measured
-  (gaussian_linear 0.545 against 0.538, bernoulli_glm 0.650 against 0.628), and 4
-  members took them to 0.532 and 0.619 (at 2-3x sbi's training CPU seconds).
+- except from ``ENSEMBLE_DIM`` (8) parameters with a box prior, where the 4 spline flows
+  are kept at every budget (gaussian_linear_uniform at 10^4: 0.532 against sbi's 0.597):
+  at 10^4 a single spline flow was behind sbi's default NPE on both 10-parameter tasks it
+  was measured on (gaussian_linear 0.545 against 0.538, bernoulli_glm 0.650 against
+  0.628), and 4 members took them to 0.532 and 0.619 (at 2-3x sbi's training CPU
+  seconds).
 """
 
 from __future__ import annotations
@@ -42,14 +49,16 @@ from sbi_service.estimators.registry import ESTIMATORS
 
 AUTO = "auto"
 KINDS = (AUTO, *ESTIMATORS)
-ENSEMBLE_DIM = 8  # from this many parameters, an ensemble at any budget
+ENSEMBLE_DIM = 8  # from this many parameters: maf with a Gaussian prior, else 4 nsf always
 SMALL_BUDGET = 3_000  # up to this many simulations, an ensemble in any dimension
 GAUSSIAN_PRIORS = ("normal", "multivariate_normal")
 
 
-def members_for(dim_theta: int, num_simulations: int) -> int:
-    """Ensemble size for d parameters and N simulations."""
-    return 4 if num_simulations <= SMALL_BUDGET or dim_theta >= ENSEMBLE_DIM else 1
+def members_for(dim_theta: int, num_simulations: int, affine: bool) -> int:
+    """Ensemble size for d parameters, N simulations and the family (affine: ``maf``)."""
+    if num_simulations <= SMALL_BUDGET:
+        return 4
+    return 4 if dim_theta >= ENSEMBLE_DIM and not affine else 1
 
 
 def choose(
@@ -59,14 +68,10 @@ def choose(
 
     ``prior_type``: the prior spec's ``type`` (``box_uniform``, ``normal``, ...).
     """
-    affine = (
-        dim_theta >= ENSEMBLE_DIM
-        and num_simulations <= SMALL_BUDGET
-        and prior_type in GAUSSIAN_PRIORS
-    )
+    affine = dim_theta >= ENSEMBLE_DIM and prior_type in GAUSSIAN_PRIORS
     config: dict[str, Any] = {
         "kind": "maf" if affine else "nsf",
-        "members": members_for(dim_theta, num_simulations),
+        "members": members_for(dim_theta, num_simulations, affine),
     }
     if len(x_shape) > 1:
         config["embedding"] = {"kind": "cnn1d"}
