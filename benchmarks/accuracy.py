@@ -140,9 +140,11 @@ def fit(kind: str, task: Task, theta: torch.Tensor, x: torch.Tensor, seed: int) 
 def fit_config(
     config: dict[str, Any], task: Task, theta: torch.Tensor, x: torch.Tensor, seed: int
 ) -> Fitted:
-    """Train a full ``build_estimator`` config on (theta, x) with the default training loop."""
+    """Train a ``build_estimator`` config on (theta, x) with the default training loop; the
+    config's ``dim_theta`` and ``x_shape`` default to the task's."""
+    shapes = {"dim_theta": task.prior.dim, "x_shape": list(task.x_shape)}
     torch.manual_seed(seed)  # the network's initial weights
-    estimator = build_estimator(config)
+    estimator = build_estimator({**shapes, **config})
     cpu_start = time.process_time()
     result = train(estimator, theta, x, seed=seed)
     cpu = time.process_time() - cpu_start

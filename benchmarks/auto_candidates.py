@@ -96,8 +96,7 @@ def main() -> None:
             if is_peer:
                 fitted = fit(args.peer, task, theta, x, args.seed)
             else:
-                full = {**candidate, "dim_theta": task.prior.dim, "x_shape": list(task.x_shape)}
-                fitted = fit_config(full, task, theta, x, args.seed)
+                fitted = fit_config(candidate, task, theta, x, args.seed)
             pairs = [
                 (ref, fitted.sample(torch.from_numpy(x_o), NUM_POSTERIOR_SAMPLES))
                 for x_o, _, ref in observations

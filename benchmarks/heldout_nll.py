@@ -66,8 +66,7 @@ def main() -> None:
                 if candidate is None:
                     fitted = fit(args.peer, task, theta, x, seed)
                 else:
-                    full = {**candidate, "dim_theta": task.prior.dim, "x_shape": list(task.x_shape)}
-                    fitted = fit_config(full, task, theta, x, seed)
+                    fitted = fit_config(candidate, task, theta, x, seed)
                 with torch.no_grad():
                     nll = -float(fitted.log_prob(theta_test, x_test).mean())
                 extras = fitted.extras

@@ -24,12 +24,22 @@ from sbi_service.diagnostics.c2st import c2st
 from sbi_service.estimators.auto import estimator_config
 from sbi_service.estimators.posterior import Posterior
 from sbi_service.estimators.registry import build_estimator
-from sbi_service.estimators.train import train
+from sbi_service.estimators.train import TrainResult, train
 from sbi_service.simulators.observations import benchmark_observations
 from sbi_service.simulators.reference import sample_reference_posterior
 from sbi_service.simulators.simulate import simulate
 from sbi_service.simulators.tasks import BUILTIN_TASKS
 from sbi_service.simulators.tasks.gaussian_linear import posterior_mean_std
+
+
+def train_one_thread(estimator, theta: torch.Tensor, x: torch.Tensor) -> TrainResult:
+    """The default training loop (seed 0) on one torch thread, as the CLI trains."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(estimator, theta, x, seed=0)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_default_estimator_accuracy_at_1000_two_moons_simulations() -> None:
@@ -40,14 +50,9 @@ def test_default_estimator_accuracy_at_1000_two_moons_simulations() -> None:
         "auto", task.prior.dim, task.x_shape, len(theta), task.prior.spec["type"]
     )
     estimator = build_estimator(config)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cpu_start = time.process_time()
-        result = train(estimator, theta, x, seed=0)
-        cpu_seconds = time.process_time() - cpu_start
-    finally:
-        torch.set_num_threads(threads)
+    cpu_start = time.process_time()
+    result = train_one_thread(estimator, theta, x)
+    cpu_seconds = time.process_time() - cpu_start
     _, x_obs = benchmark_observations(task, 1)
     reference = sample_reference_posterior(task, x_obs[0], 2000, seed=0)
     samples = Posterior(estimator, task.prior).sample(
@@ -68,12 +73,7 @@ def test_default_estimator_mean_kl_at_1000_gaussian_linear_simulations() -> None
     assert (config["kind"], config["members"]) == ("maf", 4)
     torch.manual_seed(0)
     estimator = build_estimator(config)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(estimator, theta, x, seed=0)
-    finally:
-        torch.set_num_threads(threads)
+    train_one_thread(estimator, theta, x)
     theta_test, x_test = simulate(task, 2000, seed=10_000)
     mean, std = (torch.stack(m) for m in zip(*map(posterior_mean_std, x_test), strict=True))
     log_p = torch.distributions.Normal(mean, std).log_prob(theta_test.double()).sum(-1)

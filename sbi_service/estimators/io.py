@@ -21,6 +21,9 @@ from sbi_service.estimators.registry import build_estimator
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
+# options added after models of a kind were saved, with the value those models were built
+# with (today's default differs): fmpe sampled on the uniform grid, maf had ReLU units
+SAVED_BEFORE_OPTION = {"fmpe": {"grid_power": 1.0}, "maf": {"activation": "relu"}}
 
 
 def save_estimator(folder: Path, estimator: Estimator, metadata: dict[str, Any]) -> None:
@@ -52,15 +55,9 @@ def load_estimator(folder: Path, device: str | torch.device = "cpu") -> tuple[Es
     ``ModelFileError`` (the store checks checksums before this; this catches the rest).
     """
     config = read_config(folder)
-    architecture = dict(config["estimator"])
-    if architecture.get("kind") == "fmpe":
-        # fmpe models saved before grid_power existed sample on the uniform grid, as when
-        # they were trained and diagnosed
-        architecture.setdefault("grid_power", 1.0)
-    if architecture.get("kind") == "maf":
-        # maf models saved before the activation option existed have ReLU hidden units
-        architecture.setdefault("activation", "relu")
-    try:
+    saved = config["estimator"]
+    try:  # a damaged config's kind may not even be hashable: TypeError below
+        architecture = {**SAVED_BEFORE_OPTION.get(saved.get("kind"), {}), **saved}
         estimator = build_estimator(architecture)
         state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
         # models saved before log-standardization existed read every feature linearly
