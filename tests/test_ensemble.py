@@ -62,7 +62,7 @@ def test_models_saved_with_one_flow_before_ensembles_still_load(tmp_path):
     )
 
 
-def test_auto_rule_sizes_the_ensemble_by_budget_and_dimension_and_embeds_time_series():
+def test_auto_rule_picks_family_units_and_ensemble_size_and_embeds_time_series():
     from sbi_service.estimators.auto import choose, estimator_config
 
     box, normal = "box_uniform", "normal"
@@ -70,7 +70,6 @@ def test_auto_rule_sizes_the_ensemble_by_budget_and_dimension_and_embeds_time_se
     assert choose(2, (2,), 3_000, box)["members"] == 4
     assert choose(2, (2,), 3_001, box)["members"] == 1
     assert choose(7, (7,), 10_000, box)["members"] == 1
-    assert choose(8, (10,), 100_000, box)["members"] == 4  # many parameters: an ensemble always
     assert choose(5, (3, 100), 100_000, box) == {
         "kind": "nsf",
         "members": 1,
@@ -81,7 +80,10 @@ def test_auto_rule_sizes_the_ensemble_by_budget_and_dimension_and_embeds_time_se
     assert choose(10, (10,), 3_000, "multivariate_normal") == {"kind": "maf", "members": 4}
     assert choose(10, (10,), 3_001, normal) == {"kind": "maf", "members": 1}
     assert choose(10, (10,), 100_000, "multivariate_normal") == {"kind": "maf", "members": 1}
-    assert choose(10, (10,), 1_000, box)["kind"] == "nsf"  # a box prior: splines
+    # many parameters and a box prior: tanh spline flows, 4 up to 3,000 simulations, then one
+    tanh_nsf = {"kind": "nsf", "activation": "tanh"}
+    assert choose(8, (10,), 1_000, box) == {**tanh_nsf, "members": 4}
+    assert choose(10, (10,), 3_001, box) == {**tanh_nsf, "members": 1}
     assert choose(7, (10,), 10_000, normal) == {"kind": "nsf", "members": 1}
     assert choose(2, (2,), 1_000, normal)["kind"] == "nsf"
     explicit = estimator_config("auto", 2, [2], 1_000, box, options={"members": 2})

@@ -10,7 +10,7 @@ against sbi's default NPE on the same simulations) and are explained in the READ
 - the family is a neural spline flow (``nsf``): its monotone splines fit the curved,
   skewed and multimodal posteriors where an affine flow (``maf``) cannot, and reach
   the same accuracy on Gaussian ones given enough simulations;
-- except from ``ENSEMBLE_DIM`` (8) parameters with a Gaussian prior: there the posterior
+- except from ``MANY_PARAMETERS`` (8) parameters with a Gaussian prior: there the posterior
   is close to Gaussian (the prior's tails, no box edges to bend around) and the splines'
   extra parameters overfit, so the family is the affine ``maf`` (with tanh hidden units:
   ``flows.py``). Fast C2ST over the 10 official observations at 10^3
@@ -32,12 +32,18 @@ against sbi's default NPE on the same simulations) and are explained in the READ
   NPE, and an ensemble's small further gain (two_moons at 10^4: 0.545 with 3 members
   against 0.557 alone, sbibm C2ST on 3 observations) would cost the 3x training-speed
   margin over sbi, so ``auto`` trains one flow there;
-- except from ``ENSEMBLE_DIM`` (8) parameters with a box prior, where the 4 spline flows
-  are kept at every budget (gaussian_linear_uniform at 10^4: 0.532 against sbi's 0.597):
-  at 10^4 a single spline flow was behind sbi's default NPE on both 10-parameter tasks it
-  was measured on (gaussian_linear 0.545 against 0.538, bernoulli_glm 0.650 against
-  0.628), and 4 members took them to 0.532 and 0.619 (at 2-3x sbi's training CPU
-  seconds).
+- from ``MANY_PARAMETERS`` (8) parameters with a box prior the spline flows have tanh
+  hidden units, as the MAFs do: held-out negative log-likelihood on gaussian_linear_uniform
+  (``benchmarks/results/auto_box_prior.md``, ``benchmarks/heldout_nll.py``, nats per pair,
+  lower is better) 0.852 for 4 tanh spline flows against 1.020 with ReLU units at 10^3
+  (sbi's default NPE 1.610, 3 seeds), and at 10^4 0.099 for one tanh spline flow against
+  0.174 for the 4 ReLU ones ``auto`` trained before (sbi 0.758, 2 seeds), at a quarter of
+  their training CPU. The accuracy table's cells (sbibm C2ST): 0.629 to 0.601 at 10^3
+  (sbi 0.656), 0.532 to 0.527 at 10^4 (sbi 0.597) at 48 training CPU seconds against 153
+  (sbi 71), 0.510 to 0.506 at 10^5 (sbi 0.573) at 527 against 1246 (sbi 261). A tanh MAF,
+  cheaper still, only matched sbi at 10^4 (0.592 against 0.597): affine transforms cannot
+  bend at the box's edges. Below 8 parameters tanh units fitted worse (sir, two_moons,
+  slcp), so ``nsf`` keeps ReLU there.
 """
 
 from __future__ import annotations
@@ -49,16 +55,9 @@ from sbi_service.estimators.registry import ESTIMATORS
 
 AUTO = "auto"
 KINDS = (AUTO, *ESTIMATORS)
-ENSEMBLE_DIM = 8  # from this many parameters: maf with a Gaussian prior, else 4 nsf always
-SMALL_BUDGET = 3_000  # up to this many simulations, an ensemble in any dimension
+MANY_PARAMETERS = 8  # from this many: tanh hidden units; maf with a Gaussian prior
+SMALL_BUDGET = 3_000  # up to this many simulations, an ensemble of 4 flows
 GAUSSIAN_PRIORS = ("normal", "multivariate_normal")
-
-
-def members_for(dim_theta: int, num_simulations: int, affine: bool) -> int:
-    """Ensemble size for d parameters, N simulations and the family (affine: ``maf``)."""
-    if num_simulations <= SMALL_BUDGET:
-        return 4
-    return 4 if dim_theta >= ENSEMBLE_DIM and not affine else 1
 
 
 def choose(
@@ -68,11 +67,14 @@ def choose(
 
     ``prior_type``: the prior spec's ``type`` (``box_uniform``, ``normal``, ...).
     """
-    affine = dim_theta >= ENSEMBLE_DIM and prior_type in GAUSSIAN_PRIORS
+    many = dim_theta >= MANY_PARAMETERS
+    affine = many and prior_type in GAUSSIAN_PRIORS
     config: dict[str, Any] = {
         "kind": "maf" if affine else "nsf",
-        "members": members_for(dim_theta, num_simulations, affine),
+        "members": 4 if num_simulations <= SMALL_BUDGET else 1,
     }
+    if many and not affine:
+        config["activation"] = "tanh"  # maf's default already
     if len(x_shape) > 1:
         config["embedding"] = {"kind": "cnn1d"}
     return config
