@@ -14,8 +14,14 @@ mean KL(p(theta | x) || q(theta | x)) over fresh x, estimated on fresh pairs (th
 as the mean of log p(theta | x) - log q(theta | x). Measured when the MAFs took tanh units
 (seed 0, these 2,000 pairs): 0.184 nats, against 0.267 with the ReLU units they had before
 and 0.385 for sbi's default NPE on the same simulations.
+The third covers the branch above 3,000 simulations with many parameters and a box prior
+(one spline flow with tanh units) on gaussian_linear_uniform, whose posterior is
+N(x, 0.1 I) truncated to the box [-1, 1]^10, a product of truncated normals with a
+closed-form density: the same mean KL, measured on 3,001 simulations (seed 0) at 0.71
+nats, against 1.09 for the same flow with ReLU units.
 """
 
+import math
 import time
 
 import torch
@@ -30,6 +36,7 @@ from sbi_service.simulators.reference import sample_reference_posterior
 from sbi_service.simulators.simulate import simulate
 from sbi_service.simulators.tasks import BUILTIN_TASKS
 from sbi_service.simulators.tasks.gaussian_linear import posterior_mean_std
+from sbi_service.simulators.tasks.gaussian_linear_uniform import BOUND, NOISE_VAR
 
 
 def train_one_thread(estimator, theta: torch.Tensor, x: torch.Tensor) -> TrainResult:
@@ -40,6 +47,13 @@ def train_one_thread(estimator, theta: torch.Tensor, x: torch.Tensor) -> TrainRe
         return train(estimator, theta, x, seed=0)
     finally:
         torch.set_num_threads(threads)
+
+
+def mean_kl(estimator, theta: torch.Tensor, x: torch.Tensor, log_p: torch.Tensor) -> float:
+    """Mean of log p(theta | x) - log q(theta | x) over fresh pairs (n,): the mean KL."""
+    with torch.no_grad():
+        log_q = estimator.log_prob(theta, x).double()
+    return float((log_p - log_q).mean())
 
 
 def test_default_estimator_accuracy_at_1000_two_moons_simulations() -> None:
@@ -77,7 +91,24 @@ def test_default_estimator_mean_kl_at_1000_gaussian_linear_simulations() -> None
     theta_test, x_test = simulate(task, 2000, seed=10_000)
     mean, std = (torch.stack(m) for m in zip(*map(posterior_mean_std, x_test), strict=True))
     log_p = torch.distributions.Normal(mean, std).log_prob(theta_test.double()).sum(-1)
-    with torch.no_grad():
-        log_q = estimator.log_prob(theta_test, x_test).double()
-    kl = float((log_p - log_q).mean())
+    kl = mean_kl(estimator, theta_test, x_test, log_p)
     assert kl < 0.22, f"mean KL {kl:.3f} nats"
+
+
+def test_default_estimator_mean_kl_at_3001_gaussian_linear_uniform_simulations() -> None:
+    task = BUILTIN_TASKS["gaussian_linear_uniform"]()
+    theta, x = simulate(task, 3001, seed=0)
+    config = estimator_config(
+        "auto", task.prior.dim, task.x_shape, len(theta), task.prior.spec["type"]
+    )
+    assert (config["kind"], config["members"], config["activation"]) == ("nsf", 1, "tanh")
+    torch.manual_seed(0)
+    estimator = build_estimator(config)
+    train_one_thread(estimator, theta, x)
+    theta_test, x_test = simulate(task, 2000, seed=10_000)
+    theta64, x64, sd = theta_test.double(), x_test.double(), math.sqrt(NOISE_VAR)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    box_mass = normal.cdf((BOUND - x64) / sd) - normal.cdf((-BOUND - x64) / sd)  # per coordinate
+    log_p = (normal.log_prob((theta64 - x64) / sd) - math.log(sd) - box_mass.log()).sum(-1)
+    kl = mean_kl(estimator, theta_test, x_test, log_p)
+    assert kl < 0.85, f"mean KL {kl:.3f} nats"
