@@ -39,6 +39,13 @@ from sbi_service.simulators.tasks.gaussian_linear import posterior_mean_std
 from sbi_service.simulators.tasks.gaussian_linear_uniform import BOUND, NOISE_VAR
 
 
+def auto_config(task, num_simulations: int) -> dict:
+    """The estimator config ``auto`` picks for the task's shapes, prior and budget."""
+    return estimator_config(
+        "auto", task.prior.dim, task.x_shape, num_simulations, task.prior.spec["type"]
+    )
+
+
 def train_one_thread(estimator, theta: torch.Tensor, x: torch.Tensor) -> TrainResult:
     """The default training loop (seed 0) on one torch thread, as the CLI trains."""
     threads = torch.get_num_threads()
@@ -60,9 +67,7 @@ def test_default_estimator_accuracy_at_1000_two_moons_simulations() -> None:
     torch.manual_seed(0)
     task = BUILTIN_TASKS["two_moons"]()
     theta, x = simulate(task, 1000, seed=0)
-    config = estimator_config(
-        "auto", task.prior.dim, task.x_shape, len(theta), task.prior.spec["type"]
-    )
+    config = auto_config(task, len(theta))
     estimator = build_estimator(config)
     cpu_start = time.process_time()
     result = train_one_thread(estimator, theta, x)
@@ -81,9 +86,7 @@ def test_default_estimator_accuracy_at_1000_two_moons_simulations() -> None:
 def test_default_estimator_mean_kl_at_1000_gaussian_linear_simulations() -> None:
     task = BUILTIN_TASKS["gaussian_linear"]()
     theta, x = simulate(task, 1000, seed=0)
-    config = estimator_config(
-        "auto", task.prior.dim, task.x_shape, len(theta), task.prior.spec["type"]
-    )
+    config = auto_config(task, len(theta))
     assert (config["kind"], config["members"]) == ("maf", 4)
     torch.manual_seed(0)
     estimator = build_estimator(config)
@@ -98,9 +101,7 @@ def test_default_estimator_mean_kl_at_1000_gaussian_linear_simulations() -> None
 def test_default_estimator_mean_kl_at_3001_gaussian_linear_uniform_simulations() -> None:
     task = BUILTIN_TASKS["gaussian_linear_uniform"]()
     theta, x = simulate(task, 3001, seed=0)
-    config = estimator_config(
-        "auto", task.prior.dim, task.x_shape, len(theta), task.prior.spec["type"]
-    )
+    config = auto_config(task, len(theta))
     assert (config["kind"], config["members"], config["activation"]) == ("nsf", 1, "tanh")
     torch.manual_seed(0)
     estimator = build_estimator(config)
